@@ -1,0 +1,50 @@
+# Two entry points, both self-installing on a fresh Debian machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON ?= python3
+DEMO_ARGS ?= --duration 20
+
+.PHONY: demo test lint typecheck unit bench os-deps venv generate check-generated clean
+
+# The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool.
+os-deps:
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q prometheus prometheus-alertmanager; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test,bench]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/rpcscope demo $(DEMO_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check src collector exporters tests bench examples/shop/*.py
+	$(VENV)/bin/mypy
+
+generate: venv
+	$(PY) -m rpcscope._generate
+
+check-generated: venv
+	$(PY) -m rpcscope._generate --check
+
+unit: venv
+	$(VENV)/bin/pytest -q
+
+test: os-deps venv lint check-generated unit
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
