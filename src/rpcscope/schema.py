@@ -55,7 +55,7 @@ HELP: Final[dict[str, str]] = {
     INSTRUMENTATION_ERRORS: (
         "Errors inside rpcscope's own instrumentation, swallowed so the observed RPC is unaffected."
     ),
-    LOG_RECORDS: "Access-log records by outcome: emitted to a sink, or dropped because it was full.",
+    LOG_RECORDS: "Access-log records by outcome: emitted by an RPC, delivered by the sink, or dropped.",
 }
 
 # --- labels ----------------------------------------------------------------------------------
@@ -64,6 +64,11 @@ LABEL_TYPE: Final = "grpc_type"
 LABEL_SERVICE: Final = "grpc_service"
 LABEL_METHOD: Final = "grpc_method"
 LABEL_CODE: Final = "grpc_code"
+#: Label of ``rpcscope_log_records_total``.
+LABEL_OUTCOME: Final = "outcome"
+#: ``emitted``: produced by an RPC; ``delivered``: written/acknowledged by the sink;
+#: ``dropped``: lost on purpose (queue full) or after the sink gave up, never silently.
+LOG_OUTCOMES: Final = ("emitted", "delivered", "dropped")
 CALL_LABELS: Final = (LABEL_TYPE, LABEL_SERVICE, LABEL_METHOD)
 HANDLED_LABELS: Final = (LABEL_TYPE, LABEL_SERVICE, LABEL_METHOD, LABEL_CODE)
 

@@ -1,0 +1,281 @@
+"""Client interceptors (sync channels via ``grpc.intercept_channel`` and ``grpc.aio`` channels).
+
+A record opens when the call is made and closes in the call's done-callback, which grpc runs when
+the status arrives, so ``handled`` and the histogram see the whole call for every RPC kind,
+including futures and streams the caller abandons. Trace context is written into the outgoing
+metadata (``traceparent``), continuing the trace of the server call we are inside, if any.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+
+from rpcscope import schema
+from rpcscope.collector._core import CallRecord, MethodInfo, Pipeline, go_code
+from rpcscope.collector._methods import MethodTable
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    pass
+
+
+def _method_name(method: Any) -> str:
+    return method.decode("utf-8", "replace") if isinstance(method, bytes) else str(method)
+
+
+class _ClientBase:
+    def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
+        self._pipe = pipe
+        self._table = table
+
+    def _open(self, details: Any, grpc_type: str) -> CallRecord | None:
+        info: MethodInfo | None = self._table.lookup(_method_name(details.method), grpc_type)
+        if info is None:
+            return None
+        return self._pipe.start(info, None, None, details.timeout)
+
+    def _outgoing(self, record: CallRecord) -> list[tuple[str, str]]:
+        tracing = self._pipe.tracing
+        if tracing is None:
+            return []
+        try:
+            return tracing.outgoing_metadata(record)
+        except Exception:
+            self._pipe.errors.record("inject")
+            return []
+
+    def _done_callback(self, record: CallRecord, unary_in: bool) -> Callable[[Any], None]:
+        pipe = self._pipe
+
+        def done(call: Any) -> None:
+            try:
+                code = call.code()
+                record.code = go_code(code)
+                if record.code != "OK":
+                    details = call.details()
+                    record.details = details or None
+                elif unary_in:
+                    record.msgs_in = 1
+            except Exception:
+                pipe.errors.record("client-status")
+            pipe.finish(record)
+
+        return done
+
+    def _fail(self, record: CallRecord, error: BaseException) -> None:
+        record.error = error
+        record.code = go_code(error.code()) if isinstance(error, grpc.RpcError) and hasattr(
+            error, "code") else "Unknown"
+        self._pipe.finish(record)
+
+
+# --- sync -----------------------------------------------------------------------------------
+
+
+class ClientInterceptor(
+    _ClientBase,
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """One object serving all four RPC kinds: ``grpc.intercept_channel(ch, interceptor)``."""
+
+    def _details(self, details: Any, record: CallRecord) -> Any:
+        extra = self._outgoing(record)
+        if not extra:
+            return details
+        metadata = list(details.metadata or ())
+        metadata.extend(extra)
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        )
+
+    def _invoke(self, continuation: Callable[[Any, Any], Any], details: Any, request: Any,
+                grpc_type: str, streaming_in: bool, streaming_out: bool) -> Any:
+        record = self._open(details, grpc_type)
+        if record is None:
+            return continuation(details, request)
+        if streaming_in:
+            request = _CountingRequests(request, record)
+        else:
+            record.msgs_out = 1
+        try:
+            call = continuation(self._details(details, record), request)
+        except BaseException as error:
+            self._fail(record, error)
+            raise
+        try:
+            call.add_done_callback(self._done_callback(record, not streaming_out))
+        except Exception:
+            self._pipe.errors.record("client-callback")
+        return _CountingResponses(call, record) if streaming_out else call
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._invoke(continuation, details, request, schema.TYPE_UNARY, False, False)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._invoke(continuation, details, request, schema.TYPE_SERVER_STREAM,
+                            False, True)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any
+                               ) -> Any:
+        return self._invoke(continuation, details, request_iterator,
+                            schema.TYPE_CLIENT_STREAM, True, False)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any
+                                ) -> Any:
+        return self._invoke(continuation, details, request_iterator,
+                            schema.TYPE_BIDI_STREAM, True, True)
+
+
+class _CountingRequests:
+    __slots__ = ("_it", "_record")
+
+    def __init__(self, it: Any, record: CallRecord) -> None:
+        self._it = iter(it)
+        self._record = record
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._it)
+        self._record.msgs_out += 1
+        return item
+
+
+class _CountingResponses:
+    """The streaming call object, unchanged but for counting the responses read from it."""
+
+    __slots__ = ("_call", "_record")
+
+    def __init__(self, call: Any, record: CallRecord) -> None:
+        self._call = call
+        self._record = record
+
+    def __iter__(self) -> _CountingResponses:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._call)
+        self._record.msgs_in += 1
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+# --- aio ------------------------------------------------------------------------------------
+
+
+class _AioBase(_ClientBase):
+    def _aio_details(self, details: Any, record: CallRecord) -> Any:
+        extra = self._outgoing(record)
+        if not extra:
+            return details
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *extra)
+        return details._replace(metadata=metadata)
+
+
+class AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        record = self._open(details, schema.TYPE_UNARY)
+        if record is None:
+            return await continuation(details, request)
+        record.msgs_out = 1
+        try:
+            call = await continuation(self._aio_details(details, record), request)
+        except BaseException as error:
+            self._fail(record, error)
+            raise
+        call.add_done_callback(self._done_callback(record, True))
+        return call
+
+
+class AioUnaryStream(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any
+                                     ) -> Any:
+        record = self._open(details, schema.TYPE_SERVER_STREAM)
+        if record is None:
+            return await continuation(details, request)
+        record.msgs_out = 1
+        try:
+            call = await continuation(self._aio_details(details, record), request)
+        except BaseException as error:
+            self._fail(record, error)
+            raise
+        call.add_done_callback(self._done_callback(record, False))
+        return _aio_counted(call, record)
+
+
+class AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any,
+                                     request_iterator: Any) -> Any:
+        record = self._open(details, schema.TYPE_CLIENT_STREAM)
+        if record is None:
+            return await continuation(details, request_iterator)
+        if request_iterator is not None:
+            request_iterator = _aio_requests(request_iterator, record)
+        try:
+            call = await continuation(self._aio_details(details, record), request_iterator)
+        except BaseException as error:
+            self._fail(record, error)
+            raise
+        call.add_done_callback(self._done_callback(record, True))
+        return call
+
+
+class AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any,
+                                      request_iterator: Any) -> Any:
+        record = self._open(details, schema.TYPE_BIDI_STREAM)
+        if record is None:
+            return await continuation(details, request_iterator)
+        if request_iterator is not None:
+            request_iterator = _aio_requests(request_iterator, record)
+        try:
+            call = await continuation(self._aio_details(details, record), request_iterator)
+        except BaseException as error:
+            self._fail(record, error)
+            raise
+        call.add_done_callback(self._done_callback(record, False))
+        return _aio_counted(call, record)
+
+
+async def _aio_counted(call: Any, record: CallRecord) -> AsyncIterator[Any]:
+    """Responses of an aio streaming call, counted; grpc wraps this iterator back into a call."""
+    async for response in call:
+        record.msgs_in += 1
+        yield response
+
+
+async def _aio_requests(requests: Any, record: CallRecord) -> AsyncIterator[Any]:
+    if hasattr(requests, "__aiter__"):
+        async for item in requests:
+            record.msgs_out += 1
+            yield item
+    else:
+        for item in requests:
+            record.msgs_out += 1
+            yield item
+
+
+def aio_client_interceptors(pipe: Pipeline, table: MethodTable) -> list[Any]:
+    return [
+        AioUnaryUnary(pipe, table),
+        AioUnaryStream(pipe, table),
+        AioStreamUnary(pipe, table),
+        AioStreamStream(pipe, table),
+    ]

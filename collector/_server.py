@@ -1,0 +1,450 @@
+"""Server interceptors (sync ``grpc.server`` and ``grpc.aio.server``), all four RPC kinds.
+
+The wrapped behaviours re-raise exactly what the handler raised and return exactly what it
+returned; the only things added are a record start before and a record finish after, both of
+which swallow their own errors (see :class:`~rpcscope.collector._core.Pipeline`). Wrapped
+handlers are cached per method, so ``intercept_service`` is a dict lookup after the first call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+
+from rpcscope.collector._core import (
+    CallRecord,
+    MethodInfo,
+    Pipeline,
+    go_code,
+    rpc_type,
+)
+from rpcscope.collector._methods import MethodTable
+
+_NOT_FOUND_DETAILS = "Method not found!"  # what grpc itself answers for an unknown method
+
+
+def _deadline(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None or not math.isfinite(remaining) or remaining > 1e8:
+        return None
+    return float(remaining)
+
+
+# --- status, sync ---------------------------------------------------------------------------
+
+
+def _sync_status(context: Any, error: BaseException | None) -> tuple[str, str | None]:
+    code = context.code()
+    if code is not None and code is not grpc.StatusCode.OK:
+        details = context.details()
+        if isinstance(details, bytes):
+            details = details.decode("utf-8", "replace")
+        return go_code(code), details or None
+    if not context.is_active():
+        return ("DeadlineExceeded" if context.time_remaining() <= 0 else "Canceled"), None
+    if error is not None:
+        return "Unknown", f"Exception calling application: {error}"
+    return "OK", None
+
+
+def _aio_status(context: Any, error: BaseException | None) -> tuple[str, str | None]:
+    import asyncio
+
+    code = context.code()
+    if code is not None and code is not grpc.StatusCode.OK:
+        details = context.details()
+        if isinstance(details, bytes):
+            details = details.decode("utf-8", "replace")
+        return go_code(code), details or None
+    if isinstance(error, asyncio.CancelledError) or context.cancelled():
+        return ("DeadlineExceeded" if context.time_remaining() <= 0 else "Canceled"), None
+    if error is not None:
+        return "Unknown", f"Unexpected error in RPC handler: {error!r}"
+    return "OK", None
+
+
+class _Finisher:
+    """Sets the final status on a record and hands it to the pipeline; never raises."""
+
+    __slots__ = ("_pipe", "_status")
+
+    def __init__(self, pipe: Pipeline, status: Callable[[Any, BaseException | None],
+                                                        tuple[str, str | None]]) -> None:
+        self._pipe = pipe
+        self._status = status
+
+    def __call__(self, record: CallRecord, context: Any, error: BaseException | None,
+                 unary_out: bool = False) -> None:
+        try:
+            if error is not None and not isinstance(error, GeneratorExit):
+                record.error = error
+            record.code, record.details = self._status(context, error)
+            if unary_out and record.code == "OK":
+                record.msgs_out = 1
+        except Exception:
+            self._pipe.errors.record("status")
+        self._pipe.finish(record)
+
+
+class _CountingIterator:
+    """Request iterator proxy that counts messages the handler actually consumed."""
+
+    __slots__ = ("_it", "_record")
+
+    def __init__(self, it: Iterator[Any], record: CallRecord) -> None:
+        self._it = it
+        self._record = record
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._it)
+        self._record.msgs_in += 1
+        return item
+
+    next = __next__  # grpc's own request iterator offers .next(); keep it working
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._it, name)
+
+
+class _AsyncCountingIterator:
+    __slots__ = ("_it", "_record")
+
+    def __init__(self, it: Any, record: CallRecord) -> None:
+        self._it = it.__aiter__()
+        self._record = record
+
+    def __aiter__(self) -> _AsyncCountingIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self._it.__anext__()
+        self._record.msgs_in += 1
+        return item
+
+
+class _ServerBase:
+    def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
+        self._pipe = pipe
+        self._table = table
+        # method path -> (original handler, wrapped handler)
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    def _start(self, info: MethodInfo, context: Any) -> CallRecord:
+        pipe = self._pipe
+        try:
+            metadata = context.invocation_metadata()
+            peer = context.peer()
+            deadline = _deadline(context)
+        except Exception:
+            pipe.errors.record("context")
+            metadata, peer, deadline = None, None, None
+        return pipe.start(info, metadata, peer, deadline)
+
+    def _resolve(self, method: str, handler: Any) -> Any:
+        """The handler to give grpc for this method: cached wrapper, original, or unimplemented."""
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        try:
+            if handler is None:
+                wrapped = self._unimplemented_handler()
+            else:
+                info = self._table.lookup(
+                    method, rpc_type(handler.request_streaming, handler.response_streaming)
+                )
+                wrapped = handler if info is None else self._wrap(handler, info)
+            if len(self._wrapped) < 10_000:
+                self._wrapped[method] = (handler, wrapped)
+            return wrapped
+        except Exception:
+            self._pipe.errors.record("wrap")
+            return handler
+
+    def _wrap(self, handler: Any, info: MethodInfo) -> Any:
+        raise NotImplementedError
+
+    def _unimplemented_handler(self) -> Any:
+        raise NotImplementedError
+
+
+# --- sync -----------------------------------------------------------------------------------
+
+
+class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[misc]
+    """``grpc.server(..., interceptors=[...])`` interceptor."""
+
+    def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
+        super().__init__(pipe, table)
+        self._finish = _Finisher(pipe, _sync_status)
+        self._unimplemented: Any = None
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any
+                          ) -> Any:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        return self._resolve(method, handler)
+
+    def _unimplemented_handler(self) -> Any:
+        if self._unimplemented is None:
+            info, start, finish = self._table.unknown, self._start, self._finish
+
+            def unimplemented(request_iterator: Any, context: Any) -> Any:
+                record = start(info, context)
+                try:
+                    context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_FOUND_DETAILS)
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+
+            self._unimplemented = grpc.stream_stream_rpc_method_handler(unimplemented)
+        return self._unimplemented
+
+    def _wrap(self, handler: Any, info: MethodInfo) -> Any:
+        start, finish = self._start, self._finish
+        des, ser = handler.request_deserializer, handler.response_serializer
+
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
+
+            def unary_unary(request: Any, context: Any) -> Any:
+                record = start(info, context)
+                record.msgs_in = 1
+                try:
+                    response = behavior(request, context)
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+                finish(record, context, None, True)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
+
+        if handler.unary_stream is not None:
+            behavior = handler.unary_stream
+
+            def unary_stream(request: Any, context: Any) -> Any:
+                record = start(info, context)
+                record.msgs_in = 1
+                try:
+                    responses = behavior(request, context)
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+                return _responses(responses, record, context, finish)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
+
+        if handler.stream_unary is not None:
+            behavior = handler.stream_unary
+
+            def stream_unary(request_iterator: Any, context: Any) -> Any:
+                record = start(info, context)
+                try:
+                    response = behavior(_CountingIterator(request_iterator, record), context)
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+                finish(record, context, None, True)
+                return response
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
+
+        behavior = handler.stream_stream
+
+        def stream_stream(request_iterator: Any, context: Any) -> Any:
+            record = start(info, context)
+            try:
+                responses = behavior(_CountingIterator(request_iterator, record), context)
+            except BaseException as error:
+                finish(record, context, error)
+                raise
+            return _responses(responses, record, context, finish)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
+
+
+def _responses(responses: Any, record: CallRecord, context: Any, finish: _Finisher
+               ) -> Iterator[Any]:
+    """Yield the handler's responses unchanged, counting them; finish when the stream ends.
+
+    ``GeneratorExit`` arrives when grpc drops the iterator (client went away): the status is then
+    read from the context (Canceled / DeadlineExceeded).
+    """
+    try:
+        for response in responses:
+            record.msgs_out += 1
+            yield response
+    except BaseException as error:
+        finish(record, context, error)
+        raise
+    finish(record, context, None)
+
+
+# --- aio ------------------------------------------------------------------------------------
+
+
+class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """``grpc.aio.server(interceptors=[...])`` interceptor."""
+
+    def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
+        super().__init__(pipe, table)
+        self._finish = _Finisher(pipe, _aio_status)
+        self._sync_finish = _Finisher(pipe, _aio_status)
+        self._unimplemented: Any = None
+
+    async def intercept_service(self, continuation: Callable[[Any], Any],
+                                handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        return self._resolve(method, handler)
+
+    def _unimplemented_handler(self) -> Any:
+        if self._unimplemented is None:
+            info, start, finish = self._table.unknown, self._start, self._finish
+
+            async def unimplemented(request_iterator: Any, context: Any) -> Any:
+                record = start(info, context)
+                try:
+                    await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_FOUND_DETAILS)
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+
+            self._unimplemented = grpc.stream_stream_rpc_method_handler(unimplemented)
+        return self._unimplemented
+
+    def _wrap(self, handler: Any, info: MethodInfo) -> Any:
+        start, finish = self._start, self._finish
+        des, ser = handler.request_deserializer, handler.response_serializer
+
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
+            if not inspect.iscoroutinefunction(behavior):
+                return handler  # sync handler on an aio server: grpc runs it in an executor
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                record = start(info, context)
+                record.msgs_in = 1
+                try:
+                    response = await behavior(request, context)
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+                finish(record, context, None, True)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
+
+        if handler.stream_unary is not None:
+            behavior = handler.stream_unary
+            if not inspect.iscoroutinefunction(behavior):
+                return handler
+
+            async def stream_unary(request_iterator: Any, context: Any) -> Any:
+                record = start(info, context)
+                try:
+                    requests = (
+                        None if request_iterator is None
+                        else _AsyncCountingIterator(request_iterator, record)
+                    )
+                    response = await behavior(requests, _counting_context(context, record))
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+                finish(record, context, None, True)
+                return response
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
+
+        streaming_in = handler.stream_stream is not None
+        behavior = handler.stream_stream if streaming_in else handler.unary_stream
+        factory = (grpc.stream_stream_rpc_method_handler if streaming_in
+                   else grpc.unary_stream_rpc_method_handler)
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def gen_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                record = start(info, context)
+                if streaming_in:
+                    request = _AsyncCountingIterator(request, record)
+                else:
+                    record.msgs_in = 1
+                try:
+                    async for response in behavior(request, context):
+                        record.msgs_out += 1
+                        yield response
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+                finish(record, context, None)
+
+            return factory(gen_stream, des, ser)
+
+        if inspect.iscoroutinefunction(behavior):
+            # read/write API: the handler calls context.read()/write() and returns None.
+
+            async def rw_stream(request: Any, context: Any) -> Any:
+                record = start(info, context)
+                if streaming_in:
+                    if request is not None:
+                        request = _AsyncCountingIterator(request, record)
+                else:
+                    record.msgs_in = 1
+                try:
+                    result = await behavior(request, _counting_context(context, record))
+                except BaseException as error:
+                    finish(record, context, error)
+                    raise
+                finish(record, context, None)
+                return result
+
+            return factory(rw_stream, des, ser)
+
+        return handler  # sync generator on an aio server: leave grpc's executor path alone
+
+
+class _CountingContext:
+    """aio context proxy counting ``read()``/``write()`` for read/write-API handlers.
+
+    Registered as a virtual subclass of ``grpc.aio.ServicerContext`` so ``isinstance`` checks in
+    user code still pass; every other attribute is the real context's.
+    """
+
+    __slots__ = ("_context", "_record")
+
+    def __init__(self, context: Any, record: CallRecord) -> None:
+        self._context = context
+        self._record = record
+
+    async def read(self) -> Any:
+        message = await self._context.read()
+        if message is not grpc.aio.EOF:
+            self._record.msgs_in += 1
+        return message
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._record.msgs_out += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+grpc.aio.ServicerContext.register(_CountingContext)
+
+
+def _counting_context(context: Any, record: CallRecord) -> Any:
+    return _CountingContext(context, record)

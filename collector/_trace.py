@@ -1,0 +1,198 @@
+"""W3C trace context for every call, and real OpenTelemetry spans when an SDK is configured.
+
+Two modes, chosen per call so a TracerProvider configured after the Scope is still honoured:
+
+* **OTel mode** — the global TracerProvider is a real one (e.g. the SDK's): server and client spans
+  are genuine OTel spans (any OTel exporter works), context is extracted/injected with the global
+  propagator. We fix what opentelemetry-instrumentation-grpc gets wrong: an uncaught exception
+  makes the server span ``rpc.grpc.status_code=2`` / ERROR, recorded once.
+* **ids mode** — no SDK: we still read ``traceparent``, mint ids, and write ``traceparent`` on
+  client calls, so logs and exemplars correlate across services without paying for spans. Parsing
+  a 55-byte header by hand is cheaper than building an OTel context per call, and the format is
+  fixed by the W3C spec (version 00).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
+
+from rpcscope import schema
+from rpcscope.collector._core import CURRENT_IDS, SERVER, CallRecord, is_server_fault
+
+TRACEPARENT: Final = "traceparent"
+_HEX: Final = frozenset("0123456789abcdef")
+_GRPC_NUMERIC: Final = {name: code.value[0] for code, name in schema.GO_CODE_NAMES.items()}
+_getrandbits = random.getrandbits
+
+
+def new_trace_id() -> str:
+    return "%032x" % (_getrandbits(128) or 1)
+
+
+def new_span_id() -> str:
+    return "%016x" % (_getrandbits(64) or 1)
+
+
+def parse_traceparent(value: str) -> tuple[str, str, str] | None:
+    """(trace_id, parent_span_id, flags) from a version-00 header; None when invalid."""
+    if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+        return None
+    version, trace_id, span_id, flags = value[:2], value[3:35], value[36:52], value[53:55]
+    if version == "ff" or (version == "00" and len(value) != 55):
+        return None
+    if not (_HEX.issuperset(trace_id) and _HEX.issuperset(span_id) and _HEX.issuperset(flags)):
+        return None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id, flags
+
+
+class _MetadataGetter:
+    """OTel propagator getter over gRPC's invocation metadata (a sequence of key/value pairs)."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        values = [v for k, v in carrier if k == key and isinstance(v, str)]
+        return values or None
+
+    def keys(self, carrier: Any) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_GETTER: Final = _MetadataGetter()
+
+
+class Tracing:
+    """Starts/finishes the trace side of a call record; see module doc for the two modes."""
+
+    def __init__(self, tracer_name: str = "rpcscope") -> None:
+        self._tracer_name = tracer_name
+        self._provider: Any = None
+        self._tracer: Any = None
+
+    def _otel_tracer(self) -> Any:
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
+            return None
+        if provider is not self._provider:
+            self._provider = provider
+            self._tracer = provider.get_tracer(self._tracer_name)
+        return self._tracer
+
+    # -- server ---------------------------------------------------------------------------------
+
+    def start(self, record: CallRecord, metadata: Any) -> None:
+        if record.info.component == SERVER:
+            self._start_server(record, metadata)
+        else:
+            self._start_client(record)
+
+    def _start_server(self, record: CallRecord, metadata: Any) -> None:
+        tracer = self._otel_tracer()
+        if tracer is not None:
+            parent_ctx = propagate.extract(metadata or (), getter=_GETTER)
+            span = tracer.start_span(
+                _span_name(record), context=parent_ctx, kind=SpanKind.SERVER,
+                attributes=_span_attributes(record),
+            )
+            record.otel_span = (span, otel_context.attach(trace.set_span_in_context(span)))
+            _ids_from_span(record, span)
+        else:
+            parent = None
+            if metadata:
+                for key, value in metadata:
+                    if key == TRACEPARENT:
+                        parent = parse_traceparent(value) if isinstance(value, str) else None
+                        break
+            if parent is not None:
+                record.trace_id, record.parent_span_id, record.trace_flags = parent
+            else:
+                record.trace_id = new_trace_id()
+            record.span_id = new_span_id()
+        record.otel_span = (record.otel_span, CURRENT_IDS.set((record.trace_id, record.span_id)))
+
+    # -- client ---------------------------------------------------------------------------------
+
+    def _start_client(self, record: CallRecord) -> None:
+        tracer = self._otel_tracer()
+        if tracer is not None:
+            span = tracer.start_span(
+                _span_name(record), kind=SpanKind.CLIENT, attributes=_span_attributes(record)
+            )
+            record.otel_span = (span, None)
+            _ids_from_span(record, span)
+            return
+        current = CURRENT_IDS.get()
+        record.trace_id = current[0] if current is not None else new_trace_id()
+        record.parent_span_id = current[1] if current is not None else None
+        record.span_id = new_span_id()
+
+    def outgoing_metadata(self, record: CallRecord) -> list[tuple[str, str]]:
+        """The propagation headers a client call must carry."""
+        if record.otel_span is not None:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier, context=trace.set_span_in_context(record.otel_span[0]))
+            return list(carrier.items())
+        return [(TRACEPARENT, f"00-{record.trace_id}-{record.span_id}-{record.trace_flags}")]
+
+    # -- both -----------------------------------------------------------------------------------
+
+    def finish(self, record: CallRecord) -> None:
+        state = record.otel_span
+        if state is None:
+            return
+        record.otel_span = None
+        if record.info.component == SERVER:
+            inner, ids_token = state
+            _reset(ids_token)
+            if inner is None:
+                return
+            state = inner
+        span, token = state
+        code = record.code
+        span.set_attribute("rpc.grpc.status_code", _GRPC_NUMERIC.get(code, 2))
+        # Semantic conventions: a server span is an error only for server-fault codes; a client
+        # span for any non-OK code.
+        failed = is_server_fault(code) if record.info.component == SERVER else code != "OK"
+        if record.error is not None and code == "Unknown":
+            span.record_exception(record.error)
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, record.details or code))
+        span.end()
+        if token is not None:
+            try:
+                otel_context.detach(token)
+            except Exception:  # noqa: S110 - a foreign context at detach is not the RPC's problem
+                pass
+
+
+def _reset(token: Any) -> None:
+    try:
+        CURRENT_IDS.reset(token)
+    except ValueError:
+        # Reset from another context (a generator finished on a different thread/task): the
+        # variable dies with that context anyway.
+        pass
+
+
+def _span_name(record: CallRecord) -> str:
+    return record.info.full_method[1:]
+
+
+def _span_attributes(record: CallRecord) -> dict[str, str]:
+    return {
+        "rpc.system": "grpc",
+        "rpc.service": record.info.service,
+        "rpc.method": record.info.method,
+    }
+
+
+def _ids_from_span(record: CallRecord, span: Any) -> None:
+    ctx = span.get_span_context()
+    record.trace_id = "%032x" % ctx.trace_id
+    record.span_id = "%016x" % ctx.span_id
+    record.trace_flags = "%02x" % int(ctx.trace_flags)

@@ -1,0 +1,199 @@
+"""Elastic Common Schema documents: access-log records for calls, and for application log records.
+
+Field names are ECS 8 (``@timestamp``, ``log.level``, ``trace.id`` …) plus OpenTelemetry's
+``rpc.*`` names for gRPC. Documents use dotted keys at top level, which is what ECS loggers
+(ecs-logging-python) emit and what Elasticsearch's ``logs-*-*`` template expands into objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Final
+
+from rpcscope import schema
+from rpcscope.collector._core import CURRENT_IDS, HOSTNAME, CallRecord, is_server_fault
+
+_CLIENT_FAULT_LEVEL: Final = "warn"
+
+#: ``grpc_code`` → numeric status (what ``rpc.grpc.status_code`` carries per OTel semconv).
+NUMERIC_CODE: Final = {name: code.value[0] for code, name in schema.GO_CODE_NAMES.items()}
+
+
+def level_for(code: str) -> str:
+    """OK → info; server-fault codes → error; every other code (client faults) → warn."""
+    if code == "OK":
+        return "info"
+    return "error" if is_server_fault(code) else _CLIENT_FAULT_LEVEL
+
+
+def iso_utc(wall_ns: int) -> str:
+    seconds, nanos = divmod(wall_ns, 1_000_000_000)
+    base = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{nanos // 1000:06d}Z"
+
+
+class Identity:
+    """The ``service.*`` / host fields every document carries."""
+
+    __slots__ = ("environment", "name", "version")
+
+    def __init__(self, name: str, version: str | None, environment: str | None) -> None:
+        self.name = name
+        self.version = version
+        self.environment = environment
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        doc["service.name"] = self.name
+        if self.version:
+            doc["service.version"] = self.version
+        if self.environment:
+            doc["service.environment"] = self.environment
+        doc["host.name"] = HOSTNAME
+        doc["process.pid"] = os.getpid()
+
+
+def call_document(record: CallRecord, identity: Identity) -> dict[str, Any]:
+    """The access-log document for one finished call (built on the log worker thread)."""
+    info = record.info
+    code = record.code
+    duration_ms = record.duration_ns / 1e6
+    doc: dict[str, Any] = {
+        "@timestamp": iso_utc(record.end_wall_ns),
+        "log.level": level_for(code),
+        "message": f"{info.component} call {info.full_method} {code} in {duration_ms:.3f}ms",
+        "ecs.version": schema.ECS_VERSION,
+        "log.logger": schema.ACCESS_LOGGER,
+    }
+    identity.apply(doc)
+    doc["event.kind"] = "event"
+    doc["event.outcome"] = "success" if code == "OK" else "failure"
+    doc["event.duration"] = record.duration_ns
+    doc["rpc.system"] = "grpc"
+    doc["rpc.service"] = info.service
+    doc["rpc.method"] = info.method
+    doc["rpc.grpc.status_code"] = NUMERIC_CODE.get(code, 2)
+    doc["grpc.code"] = code
+    doc["grpc.type"] = info.grpc_type
+    doc["grpc.component"] = info.component
+    doc["grpc.msgs_received"] = record.msgs_in
+    doc["grpc.msgs_sent"] = record.msgs_out
+    if record.peer:
+        doc["client.address" if info.component == "server" else "server.address"] = record.peer
+    if record.deadline is not None:
+        doc["grpc.request.deadline_seconds"] = round(record.deadline, 6)
+    if record.trace_id:
+        doc["trace.id"] = record.trace_id
+        doc["span.id"] = record.span_id
+        if record.parent_span_id:
+            doc["parent.id"] = record.parent_span_id
+    if record.metadata:
+        doc["grpc.request.metadata"] = record.metadata
+    if code != "OK":
+        error = record.error
+        if error is not None and code == "Unknown" and not _is_abort(error):
+            doc["error.type"] = type(error).__qualname__
+            doc["error.message"] = str(error) or record.details or code
+            doc["error.stack_trace"] = "".join(
+                traceback.format_exception(type(error), error, error.__traceback__)
+            )
+        else:
+            doc["error.type"] = code
+            doc["error.message"] = record.details or code
+    return doc
+
+
+def _is_abort(error: BaseException) -> bool:
+    # grpc's sync abort() raises a bare Exception() with no args; aio raises AbortError.
+    return (type(error) is Exception and not error.args) or type(error).__name__ == "AbortError"
+
+
+_OWN: Final = frozenset(("message", "rpcscope_ids"))
+_RESERVED: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+
+
+def log_record_document(record: logging.LogRecord, identity: Identity | None) -> dict[str, Any]:
+    """An application ``logging`` record as an ECS document, with the current trace ids."""
+    doc: dict[str, Any] = {
+        "@timestamp": iso_utc(int(record.created * 1e9)),
+        "log.level": record.levelname.lower(),
+        "message": record.getMessage(),
+        "ecs.version": schema.ECS_VERSION,
+        "log.logger": record.name,
+        "log.origin.function": record.funcName,
+        "log.origin.file.name": record.filename,
+        "log.origin.file.line": record.lineno,
+        "process.thread.name": record.threadName,
+    }
+    if identity is not None:
+        identity.apply(doc)
+    else:
+        doc["process.pid"] = record.process
+    # A record queued by LoggingHandler carries the ids of the thread that logged it; a record
+    # formatted in place (EcsFormatter) reads them from the current context.
+    ids = getattr(record, "rpcscope_ids", None) or CURRENT_IDS.get() or _otel_ids()
+    if ids is not None:
+        doc["trace.id"], doc["span.id"] = ids
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        doc["error.type"] = type(exc).__qualname__
+        doc["error.message"] = str(exc)
+        doc["error.stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
+    extras = {k: v for k, v in vars(record).items() if k not in _RESERVED and k not in _OWN}
+    if extras:
+        doc["labels"] = {k: v if isinstance(v, str | int | float | bool) else repr(v)
+                         for k, v in extras.items()}
+    return doc
+
+
+def _otel_ids() -> tuple[str, str] | None:
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return "%032x" % ctx.trace_id, "%016x" % ctx.span_id
+
+
+def encode_json(doc: dict[str, Any]) -> str:
+    """One JSON line; a field that cannot be encoded is dropped and named, the record is kept."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=_fallback)
+    except Exception:  # any failure: fall back to field-by-field, never lose the record
+        kept: dict[str, Any] = {}
+        dropped: list[str] = []
+        for key, value in doc.items():
+            try:
+                json.dumps(value, default=_fallback)
+                kept[key] = value
+            except Exception:
+                dropped.append(key)
+        kept["rpcscope.dropped_fields"] = dropped
+        return json.dumps(kept, separators=(",", ":"), ensure_ascii=False)
+
+
+def _fallback(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+class EcsFormatter(logging.Formatter):
+    """``logging`` formatter: one ECS JSON line per record, with trace/span ids of the current RPC.
+
+    Use it on any handler (e.g. a ``StreamHandler`` to stdout in a container) so application logs
+    correlate with rpcscope's access log and traces in Kibana.
+    """
+
+    def __init__(self, service: str | None = None, service_version: str | None = None,
+                 environment: str | None = None) -> None:
+        super().__init__()
+        self._identity = Identity(service, service_version, environment) if service else None
+
+    def format(self, record: logging.LogRecord) -> str:
+        return encode_json(log_record_document(record, self._identity))
