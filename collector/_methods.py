@@ -36,10 +36,17 @@ class MethodTable:
         self._max = max_methods
         self._infos: dict[tuple[str, str], MethodInfo | None] = {}
         self._lock = threading.Lock()
-        self.unknown = self._make(
-            "/unknown/unknown", schema.UNKNOWN_SERVICE, schema.UNKNOWN_METHOD,
-            schema.TYPE_BIDI_STREAM,
-        )
+        self._unknown: MethodInfo | None = None
+
+    @property
+    def unknown(self) -> MethodInfo:
+        """The shared entry for unimplemented/overflow methods, created on first use only."""
+        if self._unknown is None:
+            self._unknown = self._make(
+                "/unknown/unknown", schema.UNKNOWN_SERVICE, schema.UNKNOWN_METHOD,
+                schema.TYPE_BIDI_STREAM,
+            )
+        return self._unknown
 
     def _make(self, full_method: str, service: str, method: str, grpc_type: str) -> MethodInfo:
         mm = None
