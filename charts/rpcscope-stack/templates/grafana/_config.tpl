@@ -1,0 +1,121 @@
+{{/*
+rpcscope-stack.grafana.ini: hardened defaults (no sign-up, no anonymous access, no phone-home:
+egress is blocked by the NetworkPolicies anyway) merged under `grafana.grafana.ini`.
+*/}}
+{{- define "rpcscope-stack.grafana.ini" -}}
+{{- $defaults := dict
+  "server" (dict "http_port" "3000")
+  "paths" (dict "data" "/var/lib/grafana" "logs" "/var/lib/grafana/log" "plugins" "/var/lib/grafana/plugins" "provisioning" "/etc/grafana/provisioning")
+  "log" (dict "mode" "console")
+  "analytics" (dict "reporting_enabled" "false" "check_for_updates" "false" "check_for_plugin_updates" "false" "feedback_links_enabled" "false")
+  "news" (dict "news_feed_enabled" "false")
+  "security" (dict "disable_gravatar" "true" "cookie_samesite" "strict" "disable_brute_force_login_protection" "false")
+  "users" (dict "allow_sign_up" "false" "allow_org_create" "false")
+  "auth.anonymous" (dict "enabled" "false")
+-}}
+{{- $ini := mergeOverwrite $defaults (deepCopy (index .Values.grafana "grafana.ini")) -}}
+{{- range $section := keys $ini | sortAlpha }}
+[{{ $section }}]
+{{- $kv := index $ini $section }}
+{{- range $k := keys $kv | sortAlpha }}
+{{ $k }} = {{ index $kv $k }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+rpcscope-stack.grafana.esSecrets: where Grafana reads Elasticsearch credentials and CA from, as
+JSON {"credentials": "<Secret name>", "ca": "<Secret name or empty>"}.
+In-chart Elasticsearch: `<es>-credentials` (keys `username`, `password`) and `<es>-tls`
+(key `ca.crt`). External: `elasticsearch.external.credentialsSecret` / `.caSecret`.
+*/}}
+{{- define "rpcscope-stack.grafana.esSecrets" -}}
+{{- if .Values.elasticsearch.enabled -}}
+{{- $es := include "rpcscope-stack.componentName" (dict "ctx" . "component" "elasticsearch") -}}
+{{- toJson (dict "credentials" (printf "%s-credentials" $es) "ca" (printf "%s-tls" $es)) -}}
+{{- else -}}
+{{- toJson (dict "credentials" .Values.elasticsearch.external.credentialsSecret "ca" .Values.elasticsearch.external.caSecret) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.grafana.esEnabled: "true" when the Elasticsearch datasource is provisioned.
+*/}}
+{{- define "rpcscope-stack.grafana.esEnabled" -}}
+{{- if and .Values.grafana.datasources.elasticsearch.enabled (or .Values.elasticsearch.enabled .Values.elasticsearch.external.url) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.grafana.datasources: provisioned datasources. Credentials are never written here:
+`$__file{...}` makes Grafana read them from the mounted Secrets at start-up.
+*/}}
+{{- define "rpcscope-stack.grafana.datasources" -}}
+{{- $ds := .Values.grafana.datasources -}}
+apiVersion: 1
+datasources:
+  - name: Prometheus
+    uid: rpcscope-prometheus
+    type: prometheus
+    access: proxy
+    url: {{ include "rpcscope-stack.prometheusUrl" . | quote }}
+    isDefault: true
+    editable: false
+    jsonData:
+      timeInterval: {{ .Values.prometheus.scrapeInterval | quote }}
+      httpMethod: POST
+{{- if or .Values.alertmanager.enabled .Values.alertmanager.external.url }}
+  - name: Alertmanager
+    uid: rpcscope-alertmanager
+    type: alertmanager
+    access: proxy
+    url: {{ include "rpcscope-stack.alertmanagerUrl" . | quote }}
+    editable: false
+    jsonData:
+      implementation: prometheus
+      handleGrafanaManagedAlerts: false
+{{- end }}
+{{- if include "rpcscope-stack.grafana.esEnabled" . }}
+{{- $sec := include "rpcscope-stack.grafana.esSecrets" . | fromJson }}
+  - name: Elasticsearch logs
+    uid: rpcscope-elasticsearch
+    type: elasticsearch
+    access: proxy
+    url: {{ include "rpcscope-stack.elasticsearchUrl" . | quote }}
+    editable: false
+    {{- if $sec.credentials }}
+    basicAuth: true
+    basicAuthUser: $__file{/etc/grafana/secrets/elasticsearch/username}
+    {{- end }}
+    jsonData:
+      index: {{ $ds.elasticsearch.index | quote }}
+      timeField: {{ $ds.elasticsearch.timeField | quote }}
+      logMessageField: message
+      logLevelField: log.level
+      {{- if $sec.ca }}
+      tlsAuthWithCACert: true
+      {{- end }}
+      # Every log line with a trace id links to all log lines of that trace.
+      dataLinks:
+        - field: {{ $ds.elasticsearch.traceIdField | quote }}
+          datasourceUid: rpcscope-elasticsearch
+          url: {{ printf "%s:\"${__value.raw}\"" $ds.elasticsearch.traceIdField | quote }}
+    {{- if or $sec.credentials $sec.ca }}
+    secureJsonData:
+      {{- if $sec.credentials }}
+      basicAuthPassword: $__file{/etc/grafana/secrets/elasticsearch/password}
+      {{- end }}
+      {{- if $sec.ca }}
+      tlsCACert: $__file{/etc/grafana/secrets/elasticsearch-ca/ca.crt}
+      {{- end }}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+rpcscope-stack.grafana.dashboardConfigMapName: ConfigMap name for one dashboard file.
+Args: (dict "ctx" $ "file" "files/dashboards/x.json")
+*/}}
+{{- define "rpcscope-stack.grafana.dashboardConfigMapName" -}}
+{{- $base := base .file | trimSuffix ".json" | lower | replace "_" "-" | replace "." "-" -}}
+{{- printf "%s-dash-%s" (include "rpcscope-stack.componentName" (dict "ctx" .ctx "component" "grafana")) $base | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
