@@ -19,10 +19,17 @@ from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    SpanKind,
+    Status,
+    StatusCode,
+)
+from rpcscope.collector._core import CURRENT_IDS, SERVER, CallRecord, is_server_fault
 
 from rpcscope import schema
-from rpcscope.collector._core import CURRENT_IDS, SERVER, CallRecord, is_server_fault
 
 TRACEPARENT: Final = "traceparent"
 _HEX: Final = frozenset("0123456789abcdef")
@@ -52,7 +59,7 @@ def parse_traceparent(value: str) -> tuple[str, str, str] | None:
     return trace_id, span_id, flags
 
 
-class _MetadataGetter:
+class _MetadataGetter(Getter[Any]):
     """OTel propagator getter over gRPC's invocation metadata (a sequence of key/value pairs)."""
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
@@ -113,7 +120,8 @@ class Tracing:
             else:
                 record.trace_id = new_trace_id()
             record.span_id = new_span_id()
-        record.otel_span = (record.otel_span, CURRENT_IDS.set((record.trace_id, record.span_id)))
+        ids = (record.trace_id or "", record.span_id or "")
+        record.otel_span = (record.otel_span, CURRENT_IDS.set(ids))
 
     # -- client ---------------------------------------------------------------------------------
 

@@ -25,7 +25,10 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    # prometheus_client still honours the old lower-case spelling; so do we.
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
+        "prometheus_multiproc_dir"  # noqa: SIM112
+    )
 
 
 def exposition_registry(registry: CollectorRegistry) -> CollectorRegistry:
@@ -33,7 +36,7 @@ def exposition_registry(registry: CollectorRegistry) -> CollectorRegistry:
     if multiprocess_dir() is None:
         return registry
     aggregated = CollectorRegistry()
-    _mp.MultiProcessCollector(aggregated)
+    _mp.MultiProcessCollector(aggregated)  # type: ignore[no-untyped-call]
     return aggregated
 
 
@@ -84,7 +87,7 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would flood stderr; stay quiet like prometheus_client."""
 
 

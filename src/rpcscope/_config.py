@@ -8,6 +8,7 @@ telemetry goes missing in production).
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -213,7 +214,7 @@ def _validate(cfg: Config) -> Config:
     if not buckets or any(not math.isfinite(b) or b <= 0 for b in buckets):
         raise fail("histogram_buckets", f"must be positive, finite seconds, got {list(buckets)}",
                    "drop zero/negative/inf values (+Inf is added automatically)")
-    if any(b >= c for b, c in zip(buckets, buckets[1:], strict=False)):
+    if any(b >= c for b, c in itertools.pairwise(buckets)):
         raise fail("histogram_buckets", f"must be strictly increasing, got {list(buckets)}",
                    f"sort them: {sorted(set(buckets))}")
 

@@ -37,7 +37,9 @@ LOG_RECORDS: Final = "rpcscope_log_records_total"
 #: Help strings are Go's, verbatim, so ``# HELP`` lines match what Go services expose.
 HELP: Final[dict[str, str]] = {
     SERVER_STARTED: "Total number of RPCs started on the server.",
-    SERVER_HANDLED: "Total number of RPCs completed on the server, regardless of success or failure.",
+    SERVER_HANDLED: (
+        "Total number of RPCs completed on the server, regardless of success or failure."
+    ),
     SERVER_MSG_RECEIVED: "Total number of RPC stream messages received on the server.",
     SERVER_MSG_SENT: "Total number of gRPC stream messages sent by the server.",
     SERVER_HANDLING_SECONDS: (
@@ -45,7 +47,9 @@ HELP: Final[dict[str, str]] = {
         "handled by the server."
     ),
     CLIENT_STARTED: "Total number of RPCs started on the client.",
-    CLIENT_HANDLED: "Total number of RPCs completed by the client, regardless of success or failure.",
+    CLIENT_HANDLED: (
+        "Total number of RPCs completed by the client, regardless of success or failure."
+    ),
     CLIENT_MSG_RECEIVED: "Total number of RPC stream messages received by the client.",
     CLIENT_MSG_SENT: "Total number of gRPC stream messages sent by the client.",
     CLIENT_HANDLING_SECONDS: (
@@ -55,7 +59,9 @@ HELP: Final[dict[str, str]] = {
     INSTRUMENTATION_ERRORS: (
         "Errors inside rpcscope's own instrumentation, swallowed so the observed RPC is unaffected."
     ),
-    LOG_RECORDS: "Access-log records by outcome: emitted by an RPC, delivered by the sink, or dropped.",
+    LOG_RECORDS: (
+        "Access-log records by outcome: emitted by an RPC, delivered by the sink, or dropped."
+    ),
 }
 
 # --- labels ----------------------------------------------------------------------------------
