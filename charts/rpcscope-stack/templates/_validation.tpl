@@ -1,6 +1,100 @@
 {{/*
-Invalid value combinations fail the install with a message naming the value to set.
-Each `fail` here has a test in tests/chart/test_validation.py.
+Invalid value combinations fail the install with a message naming the value to set, instead of
+rendering a stack that starts and then silently does nothing. values.schema.json catches single
+values (types, unknown keys); this file catches combinations. Each `fail` has a test in
+tests/chart/test_validation.py.
 */}}
 {{- define "rpcscope-stack.validate" -}}
+{{- $v := .Values -}}
+
+{{- /* Grafana needs a Prometheus to query. */ -}}
+{{- if and $v.grafana.enabled (not $v.prometheus.enabled) (not $v.prometheus.external.url) -}}
+{{- fail "prometheus.enabled is false but Grafana needs a Prometheus: set prometheus.external.url (e.g. http://prometheus-operated.monitoring:9090) or prometheus.enabled=true" -}}
+{{- end -}}
+
+{{- /* Prometheus rules without anywhere to send alerts would fire into the void. */ -}}
+{{- if and $v.prometheus.enabled (not $v.alertmanager.enabled) (not $v.alertmanager.external.url) (not $v.alertmanager.allowNoAlerting) -}}
+{{- fail "alertmanager.enabled is false, so alerts would go nowhere: set alertmanager.external.url to your Alertmanager, or alertmanager.allowNoAlerting=true to evaluate rules without notifications" -}}
+{{- end -}}
+
+{{- /* The log components need an Elasticsearch: ours or an external one. */ -}}
+{{- $needsES := or $v.kibana.enabled $v.fluentd.enabled $v.elasticsearchExporter.enabled (and $v.grafana.enabled $v.grafana.datasources.elasticsearch.enabled) -}}
+{{- if and $needsES (not $v.elasticsearch.enabled) (not $v.elasticsearch.external.url) -}}
+{{- fail "elasticsearch.enabled is false but Kibana, Fluentd, the elasticsearch-exporter or Grafana's log datasource need one: set elasticsearch.external.url (https://...) and elasticsearch.external.credentialsSecret, or elasticsearch.enabled=true (or turn those components off)" -}}
+{{- end -}}
+
+{{- /* External Elasticsearch always has security on (ES 8+): without credentials every request is a 401. */ -}}
+{{- if and $needsES (not $v.elasticsearch.enabled) $v.elasticsearch.external.url (not $v.elasticsearch.external.credentialsSecret) -}}
+{{- fail "elasticsearch.external.url is set without credentials: set elasticsearch.external.credentialsSecret to a Secret with `username` and `password` keys" -}}
+{{- end -}}
+
+{{- /* Grafana on SQLite cannot run more than one replica against one ReadWriteOnce volume. */ -}}
+{{- if and $v.grafana.enabled (gt (int $v.grafana.replicas) 1) $v.grafana.persistence.enabled -}}
+{{- fail "grafana.replicas > 1 with grafana.persistence.enabled: SQLite on one ReadWriteOnce volume cannot be shared. Set grafana.replicas=1, or configure an external database in grafana.grafana.ini (section `database`) and set grafana.persistence.enabled=false" -}}
+{{- end -}}
+
+{{- /* Alertmanager routes must name receivers that exist (Alertmanager would crash-loop). */ -}}
+{{- if $v.alertmanager.enabled -}}
+{{- $names := list "null" -}}
+{{- range $v.alertmanager.receivers -}}
+{{- if has .name $names -}}
+{{- fail (printf "alertmanager.receivers: the name %q is used twice (\"null\" is built in): give every receiver a unique name" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- if not (or .webhook .slack .email .pagerduty) -}}
+{{- fail (printf "alertmanager.receivers[%s] has no integration: set one of webhook, slack, email or pagerduty" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- include "rpcscope-stack.validate.route" (dict "route" $v.alertmanager.route "names" $names "path" "alertmanager.route") -}}
+{{- end -}}
+
+{{- /* Prometheus Operator objects without the selecting label are silently ignored. */ -}}
+{{- if and $v.prometheus.operator.enabled (not $v.prometheus.operator.labels) (not $v.prometheus.operator.allowEmptyLabels) -}}
+{{- fail "prometheus.operator.enabled needs prometheus.operator.labels (e.g. release: kube-prometheus-stack) or your Prometheus ignores the ServiceMonitor/PodMonitor/PrometheusRule objects; set prometheus.operator.allowEmptyLabels=true if it selects everything" -}}
+{{- end -}}
+
+{{- /* An external Prometheus that should scrape the stack cannot get through our NetworkPolicies. */ -}}
+{{- if and $v.networkPolicy.enabled $v.prometheus.operator.enabled (not $v.prometheus.enabled) (not $v.networkPolicy.prometheusScrapeFrom) -}}
+{{- fail "prometheus.operator.enabled with prometheus.enabled=false: your own Prometheus must get through the NetworkPolicies to scrape the stack. Set networkPolicy.prometheusScrapeFrom to its peers (e.g. a namespaceSelector for the monitoring namespace), or networkPolicy.enabled=false" -}}
+{{- end -}}
+
+{{- /* Prometheus timeouts: a timeout longer than the interval is rejected by Prometheus at start. */ -}}
+{{- if $v.prometheus.enabled -}}
+{{- $i := include "rpcscope-stack.durationSeconds" $v.prometheus.scrapeInterval | float64 -}}
+{{- $t := include "rpcscope-stack.durationSeconds" $v.prometheus.scrapeTimeout | float64 -}}
+{{- if gt $t $i -}}
+{{- fail (printf "prometheus.scrapeTimeout (%s) is longer than prometheus.scrapeInterval (%s): Prometheus refuses to start. Lower prometheus.scrapeTimeout" $v.prometheus.scrapeTimeout $v.prometheus.scrapeInterval) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.validate.route: every `receiver` in the route tree names a defined receiver.
+Args: (dict "route" <route> "names" <list> "path" "<values path>")
+*/}}
+{{- define "rpcscope-stack.validate.route" -}}
+{{- $names := .names -}}
+{{- $path := .path -}}
+{{- with .route.receiver -}}
+{{- if not (has . $names) -}}
+{{- fail (printf "%s.receiver is %q, which is not defined: add it to alertmanager.receivers or use one of %s" $path . (join ", " $names)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $i, $r := .route.routes -}}
+{{- include "rpcscope-stack.validate.route" (dict "route" $r "names" $names "path" (printf "%s.routes[%d]" $path $i)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.durationSeconds: a Prometheus duration ("1m30s", "15s", "500ms") in seconds.
+*/}}
+{{- define "rpcscope-stack.durationSeconds" -}}
+{{- $total := 0.0 -}}
+{{- $units := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 "w" 604800.0 "y" 31536000.0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d|w|y)" . -1 -}}
+{{- $unit := regexFind "(ms|s|m|h|d|w|y)$" . -}}
+{{- $n := trimSuffix $unit . | float64 -}}
+{{- $total = addf $total (mulf $n (get $units $unit)) -}}
+{{- end -}}
+{{- $total -}}
 {{- end -}}
