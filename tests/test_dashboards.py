@@ -232,6 +232,17 @@ def test_dashboard_shape(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_dashboard_round_trips_through_the_sdk_schema(path: Path) -> None:
+    """Decoding into grafana-foundation-sdk's typed model drops keys the dashboard schema does
+    not know, so a lossless round trip means no misspelled or invented key."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    data = load(path)
+    assert json.loads(JSONEncoder().encode(Dashboard.from_json(data))) == data
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
 def test_panels_do_not_overlap(path: Path) -> None:
     cells: dict[tuple[int, int], str] = {}
     for panel in all_panels(load(path)):
