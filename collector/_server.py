@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
-
 from rpcscope.collector._core import (
     CallRecord,
     MethodInfo,
@@ -282,8 +281,11 @@ def _responses(responses: Any, record: CallRecord, context: Any, finish: _Finish
     """
     try:
         for response in responses:
-            record.msgs_out += 1
             yield response
+            # grpc asks for the next response only after sending this one; if the send fails
+            # (client gone, deadline), it drops the iterator instead and this line never runs,
+            # so only messages that reached the wire are counted (Go counts after SendMsg).
+            record.msgs_out += 1
     except BaseException as error:
         finish(record, context, error)
         raise
@@ -384,8 +386,8 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                     record.msgs_in = 1
                 try:
                     async for response in behavior(request, context):
-                        record.msgs_out += 1
                         yield response
+                        record.msgs_out += 1  # resumed only after grpc wrote it: see _responses
                 except BaseException as error:
                     finish(record, context, error)
                     raise
