@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from rpcscope import schema
+from rpcscope.collector._sharded import ShardedGrpcMetrics, ShardedMethodMetrics
 
 if TYPE_CHECKING:
     from rpcscope.collector._core import CallRecord
@@ -95,16 +96,28 @@ class MethodMetrics:
 
 
 class GrpcMetrics:
-    """Both sides' families in one registry; never registers anything at import time."""
+    """Both sides' families in one registry; never registers anything at import time.
+
+    ``sharded`` (the default outside multiprocess mode) keeps the per-call families in
+    :mod:`._sharded`'s lock-free per-thread shards; otherwise prometheus_client's own metrics
+    hold them (required for ``PROMETHEUS_MULTIPROC_DIR``).
+    """
 
     def __init__(
         self,
         registry: CollectorRegistry | None,
         buckets: Sequence[float],
         exemplars: bool,
+        sharded: bool = True,
     ) -> None:
         self.registry = registry
         self._exemplars = exemplars
+        self._sharded = ShardedGrpcMetrics(registry, buckets, exemplars) if sharded else None
+        if self._sharded is None:
+            self._init_sides(registry, buckets)
+        self._init_own(registry)
+
+    def _init_sides(self, registry: CollectorRegistry | None, buckets: Sequence[float]) -> None:
         self.server = _Side(
             (
                 schema.SERVER_STARTED,
@@ -127,6 +140,8 @@ class GrpcMetrics:
             registry,
             buckets,
         )
+
+    def _init_own(self, registry: CollectorRegistry | None) -> None:
         self.errors = Counter(
             schema.INSTRUMENTATION_ERRORS.removesuffix("_total"),
             schema.HELP[schema.INSTRUMENTATION_ERRORS],
@@ -142,6 +157,8 @@ class GrpcMetrics:
             self.log_records.labels(outcome)
 
     def for_method(self, component: str, grpc_type: str, service: str, method: str
-                   ) -> MethodMetrics:
+                   ) -> MethodMetrics | ShardedMethodMetrics:
+        if self._sharded is not None:
+            return self._sharded.for_method(component, (grpc_type, service, method))
         side = self.server if component == "server" else self.client
         return MethodMetrics(side, (grpc_type, service, method), self._exemplars)

@@ -15,6 +15,7 @@ Two modes, chosen per call so a TracerProvider configured after the Scope is sti
 from __future__ import annotations
 
 import random
+import re
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -32,7 +33,6 @@ from rpcscope.collector._core import CURRENT_IDS, SERVER, CallRecord, is_server_
 from rpcscope import schema
 
 TRACEPARENT: Final = "traceparent"
-_HEX: Final = frozenset("0123456789abcdef")
 _GRPC_NUMERIC: Final = {name: code.value[0] for code, name in schema.GO_CODE_NAMES.items()}
 _getrandbits = random.getrandbits
 
@@ -45,16 +45,23 @@ def new_span_id() -> str:
     return "%016x" % (_getrandbits(64) or 1)
 
 
+# Version 00 is exactly 55 bytes; future versions may append fields after the flags (W3C §3.2.4).
+_TRACEPARENT_RE: Final = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL
+)
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
+
+
 def parse_traceparent(value: str) -> tuple[str, str, str] | None:
-    """(trace_id, parent_span_id, flags) from a version-00 header; None when invalid."""
-    if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+    """(trace_id, parent_span_id, flags) from a ``traceparent`` header; None when invalid."""
+    m = _TRACEPARENT_RE.fullmatch(value)
+    if m is None:
         return None
-    version, trace_id, span_id, flags = value[:2], value[3:35], value[36:52], value[53:55]
-    if version == "ff" or (version == "00" and len(value) != 55):
+    version, trace_id, span_id, flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest is not None):
         return None
-    if not (_HEX.issuperset(trace_id) and _HEX.issuperset(span_id) and _HEX.issuperset(flags)):
-        return None
-    if trace_id == "0" * 32 or span_id == "0" * 16:
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
     return trace_id, span_id, flags
 

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from rpcscope.collector._core import CallRecord
 from rpcscope.exporters._ecs import Identity, call_document, encode_json, log_record_document
+from rpcscope.exporters._jsonline import CallLineEncoder
 
 _LOG = logging.getLogger("rpcscope")
 
@@ -40,20 +41,31 @@ class LogSink:
         """Release resources; the default has none."""
 
 
-class StreamSink(LogSink):
+class LineSink(LogSink):
+    """A sink of JSON lines. The log pipe hands it pre-encoded lines (the fast encoder's output)
+    through :meth:`write_lines`; :meth:`write` encodes documents and delegates."""
+
+    def write(self, documents: Sequence[dict[str, Any]]) -> int:
+        return self.write_lines([encode_json(d) for d in documents])
+
+    def write_lines(self, lines: Sequence[str]) -> int:
+        raise NotImplementedError
+
+
+class StreamSink(LineSink):
     """One JSON line per document to a text stream (stdout by default: what Fluentd tails)."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._stream = stream
 
-    def write(self, documents: Sequence[dict[str, Any]]) -> int:
+    def write_lines(self, lines: Sequence[str]) -> int:
         stream = self._stream if self._stream is not None else sys.stdout
-        stream.write("".join(encode_json(d) + "\n" for d in documents))
+        stream.write("\n".join(lines) + "\n")
         stream.flush()
-        return len(documents)
+        return len(lines)
 
 
-class FileSink(LogSink):
+class FileSink(LineSink):
     """JSON lines appended to a file (opened lazily, reopened after fork)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -61,13 +73,13 @@ class FileSink(LogSink):
         self._file: IO[str] | None = None
         self._pid = 0
 
-    def write(self, documents: Sequence[dict[str, Any]]) -> int:
+    def write_lines(self, lines: Sequence[str]) -> int:
         if self._file is None or self._pid != os.getpid():
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
             self._pid = os.getpid()
-        self._file.write("".join(encode_json(d) + "\n" for d in documents))
+        self._file.write("\n".join(lines) + "\n")
         self._file.flush()
-        return len(documents)
+        return len(lines)
 
     def close(self) -> None:
         if self._file is not None:
@@ -88,6 +100,8 @@ class LogPipe:
     ) -> None:
         self.sink = sink
         self._identity = identity
+        # Line sinks get the fast encoder's output; other sinks (e.g. Forward) get documents.
+        self._lines = CallLineEncoder(identity) if isinstance(sink, LineSink) else None
         self._max = max_queue
         self._interval = flush_interval
         self._on_outcome = on_outcome
@@ -122,6 +136,7 @@ class LogPipe:
         if self._closed or len(self._queue) >= self._max:
             with self._count_lock:  # rare path (queue full): a lock is affordable here
                 self.dropped += 1
+            self._count("emitted", 1)
             self._count("dropped", 1)
             return
         self._queue.append(item)
@@ -159,10 +174,17 @@ class LogPipe:
             while queue and len(batch) < 1000:
                 batch.append(queue.popleft())
             self._inflight = len(batch)
-            documents = []
+            self._count("emitted", len(batch))
+            documents: list[Any] = []
+            lines = self._lines
             for item in batch:
                 try:
-                    if isinstance(item, CallRecord):
+                    if lines is not None:
+                        documents.append(
+                            lines.encode(item) if isinstance(item, CallRecord)
+                            else encode_json(log_record_document(item, self._identity))
+                        )
+                    elif isinstance(item, CallRecord):
                         documents.append(call_document(item, self._identity))
                     else:
                         documents.append(log_record_document(item, self._identity))
@@ -177,7 +199,8 @@ class LogPipe:
                 self._inflight = 0
                 continue
             try:
-                written = self.sink.write(documents)
+                written = (self.sink.write_lines(documents) if isinstance(self.sink, LineSink)
+                           else self.sink.write(documents))
             except Exception:
                 written = 0
                 _LOG.debug("rpcscope: log sink failed", exc_info=True)

@@ -47,8 +47,10 @@ class Scope:
         metrics = None
         if cfg.metrics and not cfg.disabled:
             # Exemplars need OpenMetrics state per child, which multiprocess mode cannot keep.
-            exemplars = cfg.exemplars and multiprocess_dir() is None
-            metrics = GrpcMetrics(self.registry, cfg.histogram_buckets, exemplars)
+            multiprocess = multiprocess_dir() is not None
+            exemplars = cfg.exemplars and not multiprocess
+            metrics = GrpcMetrics(self.registry, cfg.histogram_buckets, exemplars,
+                                  sharded=not multiprocess)
             self._errors.bind(metrics.errors.inc)
         self._metrics = metrics
 
@@ -67,12 +69,10 @@ class Scope:
                                      on_outcome=on_outcome)
         tracing = Tracing() if cfg.trace else None
 
-        server_sink = _EmitCounting(self._log_pipe, metrics)
-        self._server_pipe = Pipeline(metrics, tracing, server_sink if self._log_pipe else None,
-                                     self._errors, cfg.log_metadata)
+        self._server_pipe = Pipeline(metrics, tracing, self._log_pipe, self._errors,
+                                     cfg.log_metadata)
         self._client_pipe = Pipeline(
-            metrics, tracing,
-            server_sink if (self._log_pipe and cfg.log_client_calls) else None,
+            metrics, tracing, self._log_pipe if cfg.log_client_calls else None,
             self._errors, cfg.log_metadata,
         )
         self._server_table = MethodTable(SERVER, metrics, cfg.exclude_services,
@@ -172,22 +172,6 @@ class Scope:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _EmitCounting:
-    """Counts ``emitted`` on the metric as records enter the log pipe."""
-
-    __slots__ = ("_emitted", "_pipe")
-
-    def __init__(self, pipe: LogPipe | None, metrics: GrpcMetrics | None) -> None:
-        self._pipe = pipe
-        self._emitted = metrics.log_records.labels("emitted") if metrics is not None else None
-
-    def emit_call(self, record: Any) -> None:
-        if self._pipe is not None:
-            self._pipe.emit_call(record)
-        if self._emitted is not None:
-            self._emitted.inc()
 
 
 def _make_sink(access_log: Any) -> LogSink | None:
