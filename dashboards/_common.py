@@ -68,9 +68,8 @@ ELASTICSEARCH_REF: Final = dashboard_model.DataSourceRef(
 JOB_LABEL: Final = "job"
 NAMESPACE_LABEL: Final = "namespace"
 
-#: Label of rpcscope_log_records_total that says what happened to a record (emitted / dropped).
-#: Not (yet) a constant in rpcscope.schema, whose docstring names it; keep in step with it.
-LOG_OUTCOME_LABEL: Final = "outcome"
+#: Label of rpcscope_log_records_total that says what happened to a record.
+LOG_OUTCOME_LABEL: Final = schema.LABEL_OUTCOME
 
 #: Grafana's recommended range for rate(): at least four scrape intervals, so no gaps.
 RATE_INTERVAL: Final = "$__rate_interval"
