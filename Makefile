@@ -40,6 +40,7 @@ typecheck: venv
 	@cp -r collector build/typecheck/rpcscope/collector
 	@cp -r exporters build/typecheck/rpcscope/exporters
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p rpcscope
+	MYPYPATH=build/typecheck $(VENV)/bin/mypy --strict --python-version 3.11 dashboards tools
 
 generate: venv
 	$(PY) tools/generate.py

@@ -27,6 +27,7 @@ from rpcscope import schema
 
 if TYPE_CHECKING:
     from rpcscope.collector._metrics import GrpcMetrics, MethodMetrics
+    from rpcscope.collector._sharded import ShardedMethodMetrics
     from rpcscope.collector._trace import Tracing
 
 _LOG = logging.getLogger("rpcscope")
@@ -64,7 +65,7 @@ def rpc_type(request_streaming: bool, response_streaming: bool) -> str:
 class MethodInfo:
     """Everything about one (component, method) that does not change between calls."""
 
-    __slots__ = ("component", "full_method", "grpc_type", "metrics", "method", "service")
+    __slots__ = ("component", "full_method", "grpc_type", "method", "metrics", "service")
 
     def __init__(
         self,
@@ -73,7 +74,7 @@ class MethodInfo:
         service: str,
         method: str,
         grpc_type: str,
-        metrics: MethodMetrics | None,
+        metrics: MethodMetrics | ShardedMethodMetrics | None,
     ) -> None:
         self.component = component
         self.full_method = full_method

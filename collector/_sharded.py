@@ -171,7 +171,7 @@ class ShardedGrpcMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             methods = list(self._methods)
-        les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         for side in ("server", "client"):
             started, handled, received, sent, seconds = self._families(side)
             for m in methods:
