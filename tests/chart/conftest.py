@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from chart_render import SCENARIOS, Rendered, render  # noqa: E402
+from chart_render import SCENARIOS, Rendered, render
 
 _cache: dict[str, Rendered] = {}
 

@@ -1,4 +1,4 @@
-"""The chart renders for every supported value set, and what it renders is what an operator relies on.
+"""The chart renders for every supported value set, and renders what an operator relies on.
 
 Each test names the behaviour: pods are hardened, workloads have probes and resources, Services
 reach their pods, data persists by default, Prometheus finds what the schema module says it
@@ -63,9 +63,9 @@ def test_scenario_renders_well_formed_objects(rendered: Get, scenario: str) -> N
         assert len(meta["name"]) <= 63, meta["name"]
         if kind not in CLUSTER_SCOPED:
             # Explicit namespace: rendered manifests applied by GitOps land in the release's.
-            assert meta.get("namespace") == NAMESPACE or (
-                kind in {"Role", "RoleBinding"}
-            ), f"{kind}/{meta['name']} namespace {meta.get('namespace')!r}"
+            assert meta.get("namespace") == NAMESPACE or (kind in {"Role", "RoleBinding"}), (
+                f"{kind}/{meta['name']} namespace {meta.get('namespace')!r}"
+            )
         labels = meta.get("labels", {})
         assert labels.get("app.kubernetes.io/name") == CHART_NAME, f"{kind}/{meta['name']}"
         assert labels.get("app.kubernetes.io/instance") == r.release, f"{kind}/{meta['name']}"
@@ -73,9 +73,7 @@ def test_scenario_renders_well_formed_objects(rendered: Get, scenario: str) -> N
 
 @pytest.mark.parametrize("scenario", ["defaults", "all-on", "external-es", "fluentd-only"])
 def test_helm_lint_is_clean(scenario: str) -> None:
-    report = helm_python.lint(
-        str(CHART_DIR), SCENARIOS[scenario], strict=True, namespace=NAMESPACE
-    )
+    report = helm_python.lint(str(CHART_DIR), SCENARIOS[scenario], strict=True, namespace=NAMESPACE)
     # Severity 1 is INFO ("icon is recommended"); warnings and errors must be zero.
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert not problems and not report["errors"], report
@@ -134,9 +132,7 @@ def test_metrics_images_are_the_official_upstream_ones(rendered: Get) -> None:
         for _, labels, spec in r.pods()
     }
     assert re.fullmatch(r"quay\.io/prometheus/prometheus:v\d+\.\d+\.\d+", images["prometheus"])
-    assert re.fullmatch(
-        r"quay\.io/prometheus/alertmanager:v\d+\.\d+\.\d+", images["alertmanager"]
-    )
+    assert re.fullmatch(r"quay\.io/prometheus/alertmanager:v\d+\.\d+\.\d+", images["alertmanager"])
     assert re.fullmatch(r"docker\.io/grafana/grafana:\d+\.\d+\.\d+", images["grafana"])
 
 
@@ -223,7 +219,8 @@ def test_prometheus_discovers_by_the_schema_annotations(rendered: Get) -> None:
         path = sources[(_meta_label(role, schema.PATH_ANNOTATION),)]
         assert path["target_label"] == "__metrics_path__"
         port_rules = [
-            rc for rc in relabels
+            rc
+            for rc in relabels
             if _meta_label(role, schema.PORT_ANNOTATION) in rc.get("source_labels", ())
         ]
         assert port_rules and all(rc["target_label"] == "__address__" for rc in port_rules)
@@ -248,7 +245,8 @@ def test_prometheus_scrapes_each_stack_component_on_its_declared_port(rendered: 
     r = rendered("defaults")
     job = _scrape_config(r)["rpcscope-stack"]
     keep = next(
-        rc for rc in job["relabel_configs"]
+        rc
+        for rc in job["relabel_configs"]
         if rc.get("action") == "keep" and len(rc.get("source_labels", [])) == 2
     )
     pattern = re.compile(keep["regex"])
@@ -268,19 +266,20 @@ def test_prometheus_scrapes_each_stack_component_on_its_declared_port(rendered: 
         assert not pattern.fullmatch(other)
     # The annotation jobs drop this release's pods, so nothing is scraped twice.
     drop = next(
-        rc for rc in _scrape_config(r)["kubernetes-pods"]["relabel_configs"]
+        rc
+        for rc in _scrape_config(r)["kubernetes-pods"]["relabel_configs"]
         if rc.get("action") == "drop" and "instance" in "".join(rc["source_labels"])
     )
     assert re.fullmatch(drop["regex"], f"{CHART_NAME};{r.release}")
 
 
 def test_prometheus_alerts_go_to_our_alertmanager_or_the_external_one() -> None:
-    ours = yaml.safe_load(
-        (r := render({})).configmap_data(r.name("prometheus"), "prometheus.yml")
-    )
+    ours = yaml.safe_load((r := render({})).configmap_data(r.name("prometheus"), "prometheus.yml"))
     sd = ours["alerting"]["alertmanagers"][0]["kubernetes_sd_configs"][0]
     assert "app.kubernetes.io/component=alertmanager" in sd["selectors"][0]["label"]
-    ext = render({"alertmanager": {"enabled": False, "external": {"url": "https://am.corp:8443/am"}}})
+    ext = render(
+        {"alertmanager": {"enabled": False, "external": {"url": "https://am.corp:8443/am"}}}
+    )
     cfg = yaml.safe_load(ext.configmap_data(ext.name("prometheus"), "prometheus.yml"))
     am = cfg["alerting"]["alertmanagers"][0]
     assert am["scheme"] == "https" and am["path_prefix"] == "/am"
@@ -297,7 +296,9 @@ def test_discovery_rbac_is_read_only_and_namespaced_when_asked(rendered: Get) ->
     scoped = rendered("all-on")
     assert not scoped.of_kind("ClusterRole")
     assert {ro["metadata"]["namespace"] for ro in scoped.of_kind("Role")} >= {
-        "shop", "payments", NAMESPACE
+        "shop",
+        "payments",
+        NAMESPACE,
     }
 
 
@@ -391,8 +392,9 @@ def test_grafana_reads_every_credential_from_a_mounted_secret(rendered: Get) -> 
     r = rendered("defaults")
     spec = r.get("Deployment", r.name("grafana"))["spec"]["template"]["spec"]
     env = {e["name"]: e for e in spec["containers"][0]["env"]}
-    assert not any("PASSWORD" in n and "value" in e and not n.endswith("__FILE")
-                   for n, e in env.items())
+    assert not any(
+        "PASSWORD" in n and "value" in e and not n.endswith("__FILE") for n, e in env.items()
+    )
     vol, key = _resolve(spec, env["GF_SECURITY_ADMIN_PASSWORD__FILE"]["value"])
     assert vol["secret"]["secretName"] == f"{r.name('grafana')}-credentials"
     assert key in r.secret_data(f"{r.name('grafana')}-credentials")
@@ -419,7 +421,9 @@ def test_grafana_provisions_every_generated_dashboard(rendered: Get) -> None:
     files = sorted((CHART_DIR / "files" / "dashboards").glob("*.json"))
     spec = r.get("Deployment", r.name("grafana"))["spec"]["template"]["spec"]
     sources = {
-        s["configMap"]["name"] for v in spec["volumes"] if v["name"] == "dashboards"
+        s["configMap"]["name"]
+        for v in spec["volumes"]
+        if v["name"] == "dashboards"
         for s in v["projected"]["sources"]
     }
     provider = yaml.safe_load(r.configmap_data(r.name("grafana"), "dashboards.yaml"))
@@ -446,8 +450,10 @@ def test_alertmanager_secrets_are_files_from_mounted_secrets(rendered: Get) -> N
     wanted = {
         (ref["secretName"], ref["key"])
         for rcv in SCENARIOS["all-on"]["alertmanager"]["receivers"]
-        for integ in rcv.values() if isinstance(integ, dict)
-        for ref in integ.values() if isinstance(ref, dict)
+        for integ in rcv.values()
+        if isinstance(integ, dict)
+        for ref in integ.values()
+        if isinstance(ref, dict)
     }
     got = set()
     for path in refs:
@@ -464,9 +470,9 @@ def test_alertmanager_secrets_are_files_from_mounted_secrets(rendered: Get) -> N
 
 def test_alertmanager_replicas_form_a_cluster(rendered: Get) -> None:
     r = rendered("all-on")
-    args = r.get("StatefulSet", r.name("alertmanager"))["spec"]["template"]["spec"][
-        "containers"
-    ][0]["args"]
+    args = r.get("StatefulSet", r.name("alertmanager"))["spec"]["template"]["spec"]["containers"][
+        0
+    ]["args"]
     peers = [a for a in args if a.startswith("--cluster.peer=")]
     assert len(peers) == 3
     headless = r.get("Service", f"{r.name('alertmanager')}-headless")
@@ -483,8 +489,11 @@ def test_helm_test_hook_checks_each_enabled_metrics_component(rendered: Get) -> 
     pod = r.get("Pod", r.name("test"))
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     script = pod["spec"]["containers"][0]["args"][0]
-    for comp, path in (("prometheus", "/-/ready"), ("alertmanager", "/-/ready"),
-                       ("grafana", "/api/health")):
+    for comp, path in (
+        ("prometheus", "/-/ready"),
+        ("alertmanager", "/-/ready"),
+        ("grafana", "/api/health"),
+    ):
         assert f"{_service_url(r, comp, 'http')}{path}" in script
     only = rendered("prometheus-only")
     script = only.get("Pod", only.name("test"))["spec"]["containers"][0]["args"][0]

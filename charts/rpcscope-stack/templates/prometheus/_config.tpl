@@ -129,7 +129,7 @@ scrape_configs:
       - source_labels: [__meta_kubernetes_service_name]
         target_label: service
 {{- with $p.extraScrapeConfigs }}
-{{ toYaml . }}
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
 
