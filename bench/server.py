@@ -1,0 +1,391 @@
+"""One benchmark server: a unary echo service under one instrumentation config, in its own process.
+
+Run by ``bench/run.py``; never by hand except to debug::
+
+    python bench/server.py --config rpcscope-full --mode sync --log-dir /tmp/x
+
+Why a process per config: the number we want is the server's CPU per call, and the only honest
+way to attribute CPU (gRPC core threads, log writer threads, span exporter threads included) is a
+process that runs nothing else. Process CPU is read with ``time.process_time_ns()``, i.e.
+``CLOCK_PROCESS_CPUTIME_ID``: user + system time summed over every thread, at nanosecond
+resolution (``/proc/<pid>/stat`` has only 10 ms ticks).
+
+Control protocol on stdin/stdout (stdout carries nothing else, so no access log may go there):
+
+* the server prints ``READY <port>`` once it serves;
+* ``sample`` → flush every telemetry buffer of the config (so work queued during a phase is paid
+  inside the phase), then print ``CPU <ns>``;
+* ``stats`` → print ``STATS <json>``: what the instrumentation itself recorded (calls counted,
+  spans exported, access-log lines), so the harness can prove each config really instrumented
+  every call it was timed on;
+* ``quit`` or EOF → flush, shut down, and (with ``--profile``) write the cProfile stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+SERVICE = "bench.v1.Bench"
+METHOD = "Echo"
+FULL_METHOD = f"/{SERVICE}/{METHOD}"
+#: The trace id every benchmark request carries in its ``traceparent`` (see ``bench/client.py``).
+CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{CALLER_TRACE_ID}-00f067aa0ba902b7-01"
+
+#: Every config the harness knows, in table order. ``bare`` is the reference for all deltas.
+CONFIGS = (
+    "bare",
+    "rpcscope-metrics",
+    "rpcscope-metrics-log",
+    "rpcscope-full",
+    "py-grpc-prometheus",
+    "otel-grpc",
+    "grpcio-observability",
+)
+
+DESCRIPTIONS = {
+    "bare": "no instrumentation",
+    "rpcscope-metrics": 'rpcscope metrics only: `Scope(access_log="off", trace=False)`',
+    "rpcscope-metrics-log": "rpcscope metrics + access log: `Scope(access_log=<file in a temp "
+    "dir>, trace=False)`",
+    "rpcscope-full": "rpcscope full: metrics + access log (file) + W3C trace context "
+    "(`trace=True`, no OTel SDK configured, so ids mode)",
+    "py-grpc-prometheus": "py-grpc-prometheus `PromServerInterceptor("
+    "enable_handling_time_histogram=True)`; on aio through `bench/server.py`'s adapter "
+    "(it has no aio interceptor)",
+    "otel-grpc": "opentelemetry-instrumentation-grpc server interceptor, SDK `TracerProvider` + "
+    "`BatchSpanProcessor` with a no-op exporter",
+    "grpcio-observability": "grpcio-observability `OpenTelemetryPlugin` (global) with an SDK "
+    "`MeterProvider` + `InMemoryMetricReader`",
+}
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+def echo(request: bytes, context: Any) -> bytes:
+    return request
+
+
+async def aecho(request: bytes, context: Any) -> bytes:
+    return request
+
+
+def handler(mode: str) -> grpc.GenericRpcHandler:
+    behaviour = echo if mode == "sync" else aecho
+    return grpc.method_handlers_generic_handler(
+        SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(behaviour)}
+    )
+
+
+# --- instrumentation configs -----------------------------------------------------------------
+
+
+@dataclass
+class Instrumentation:
+    """What one config adds to a server, and how to flush/close what it buffers."""
+
+    interceptors: list[Any] = field(default_factory=list)
+    flush: Callable[[], None] = lambda: None
+    close: Callable[[], None] = lambda: None
+    observed: Callable[[], dict[str, int]] = dict
+
+
+def _count_lines(path: str, needle: str | None = None) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for line in f if needle is None or needle in line)
+    except FileNotFoundError:
+        return 0
+
+
+class _PromStateShim:
+    """Gives py-grpc-prometheus the ``context._state`` it reads; forwards everything else.
+
+    py-grpc-prometheus reads the private ``_state.code`` / ``_state.client`` of the *sync*
+    context; an aio context has neither.
+    """
+
+    class _State:
+        code = None
+        client = None
+
+    _state = _State()
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class PromAioAdapter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Runs py-grpc-prometheus's sync interceptor on an aio server (unary methods only).
+
+    py-grpc-prometheus ships no aio interceptor, yet the issue quotes an aio number for it. This
+    adapter lets its own code do its per-call work (method split, handler re-wrap, started and
+    handled counters, histogram observe); the wrapped behaviour returns the handler's coroutine,
+    which we await. So the metric work is py-grpc-prometheus's, plus one thin async layer that
+    any aio port would need; only the histogram's timing is wrong (it ends before the await),
+    which does not change its cost.
+    """
+
+    def __init__(self, sync_interceptor: Any) -> None:
+        self._sync = sync_interceptor
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        inner = await continuation(details)
+        if inner is None or inner.request_streaming or inner.response_streaming:
+            return inner
+        wrapped = self._sync.intercept_service(lambda _details: inner, details)
+        behaviour = wrapped.unary_unary
+
+        async def run(request: Any, context: Any) -> Any:
+            return await behaviour(request, _PromStateShim(context))
+
+        return grpc.unary_unary_rpc_method_handler(
+            run,
+            request_deserializer=inner.request_deserializer,
+            response_serializer=inner.response_serializer,
+        )
+
+
+def build(config: str, mode: str, log_dir: str) -> Instrumentation:
+    """Create the instrumentation for ``config``; imports stay local so bare pays for none."""
+    if config == "bare":
+        return Instrumentation()
+
+    if config.startswith("rpcscope-"):
+        import rpcscope
+        from rpcscope import schema
+
+        log_path = os.path.join(log_dir, f"{config}-{mode}.jsonl")
+        options: dict[str, Any] = {
+            "rpcscope-metrics": {"access_log": "off", "trace": False},
+            "rpcscope-metrics-log": {"access_log": log_path, "trace": False},
+            "rpcscope-full": {"access_log": log_path, "trace": True},
+        }[config]
+        scope = rpcscope.Scope(service="bench", **options)
+        interceptors = (
+            scope.server_interceptors() if mode == "sync" else scope.aio_server_interceptors()
+        )
+        handled = {
+            schema.LABEL_TYPE: schema.TYPE_UNARY,
+            schema.LABEL_SERVICE: SERVICE,
+            schema.LABEL_METHOD: METHOD,
+            schema.LABEL_CODE: schema.GO_CODE_NAMES[grpc.StatusCode.OK],
+        }
+
+        def observed_rpcscope() -> dict[str, int]:
+            scope.flush()
+            value = scope.registry.get_sample_value(schema.SERVER_HANDLED, handled)
+            out = {"calls": int(value or 0)}
+            if options["access_log"] != "off":
+                out["log_lines"] = _count_lines(log_path)
+            if options["trace"]:
+                out["log_lines_with_caller_trace_id"] = _count_lines(log_path, CALLER_TRACE_ID)
+            return out
+
+        return Instrumentation(interceptors, scope.flush, scope.close, observed_rpcscope)
+
+    if config == "py-grpc-prometheus":
+        from prometheus_client import CollectorRegistry
+        from py_grpc_prometheus.prometheus_server_interceptor import PromServerInterceptor
+
+        registry = CollectorRegistry()
+        prom = PromServerInterceptor(enable_handling_time_histogram=True, registry=registry)
+        labels = {
+            "grpc_type": "UNARY",
+            "grpc_service": SERVICE,
+            "grpc_method": METHOD,
+            "grpc_code": "OK",
+        }
+
+        def observed_prom() -> dict[str, int]:
+            value = registry.get_sample_value("grpc_server_handled_total", labels)
+            return {"calls": int(value or 0)}
+
+        return Instrumentation(
+            [prom if mode == "sync" else PromAioAdapter(prom)], observed=observed_prom
+        )
+
+    if config == "otel-grpc":
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, server_interceptor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class NullExporter(SpanExporter):  # type: ignore[misc]
+            """Drops spans (counting them): we measure the instrumentation, not a network."""
+
+            spans = 0
+
+            def export(self, spans: Any) -> SpanExportResult:
+                self.spans += len(spans)
+                return SpanExportResult.SUCCESS
+
+        exporter = NullExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        make = server_interceptor if mode == "sync" else aio_server_interceptor
+
+        def flush_spans() -> None:
+            provider.force_flush()
+
+        def observed_spans() -> dict[str, int]:
+            provider.force_flush()
+            return {"calls": exporter.spans}
+
+        return Instrumentation(
+            [make(tracer_provider=provider)], flush_spans, provider.shutdown, observed_spans
+        )
+
+    if config == "grpcio-observability":
+        import grpc_observability
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        reader = InMemoryMetricReader()
+        meter_provider = MeterProvider(metric_readers=[reader])
+        plugin = grpc_observability.OpenTelemetryPlugin(meter_provider=meter_provider)
+        # Process-global, so it must be registered before the server exists; and it must be
+        # deregistered or interpreter exit hangs (grpc/grpc#38500).
+        plugin.register_global()
+
+        def observed_obs() -> dict[str, int]:
+            # Core hands stats to Python every 0.5 s (GRPC_PYTHON_CENSUS_EXPORT_BATCH_INTERVAL).
+            time.sleep(1.5)
+            data = reader.get_metrics_data()
+            calls = 0
+            for resource in data.resource_metrics if data else ():
+                for scope_metrics in resource.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        if metric.name == "grpc.server.call.duration":
+                            calls += sum(point.count for point in metric.data.data_points)
+            return {"calls": calls}
+
+        return Instrumentation([], close=plugin.deregister_global, observed=observed_obs)
+
+    raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
+
+
+# --- control loop ----------------------------------------------------------------------------
+
+
+def _control(instr: Instrumentation, stop: Callable[[], None]) -> None:
+    """Answer ``sample`` requests on stdin until ``quit``/EOF, then ask the server to stop."""
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "sample":
+            instr.flush()
+            print(f"CPU {time.process_time_ns()}", flush=True)
+        elif command == "stats":
+            print(f"STATS {json.dumps(instr.observed())}", flush=True)
+        elif command == "quit":
+            break
+    stop()
+
+
+class _Profiler:
+    """cProfile in every thread that runs handlers (cProfile only sees the thread it runs in)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._profiles: list[cProfile.Profile] = []
+        self._lock = threading.Lock()
+
+    def start_this_thread(self) -> None:
+        if self.path is None:
+            return
+        profile = cProfile.Profile()
+        with self._lock:
+            self._profiles.append(profile)
+        profile.enable()
+
+    def dump(self) -> None:
+        if self.path is None or not self._profiles:
+            return
+        import pstats
+
+        for profile in self._profiles:
+            profile.disable()
+        stats = pstats.Stats(self._profiles[0])
+        for profile in self._profiles[1:]:
+            stats.add(profile)
+        stats.dump_stats(self.path)
+
+
+def serve_sync(instr: Instrumentation, profiler: _Profiler) -> None:
+    pool = ThreadPoolExecutor(max_workers=8, initializer=profiler.start_this_thread)
+    server = grpc.server(pool, interceptors=instr.interceptors)
+    server.add_generic_rpc_handlers((handler("sync"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"READY {port}", flush=True)
+    done = threading.Event()
+    threading.Thread(target=_control, args=(instr, done.set), daemon=True).start()
+    done.wait()
+    instr.flush()
+    server.stop(grace=None)
+    # Worker threads own their profiles; stop the pool before reading them.
+    pool.shutdown(wait=True)
+
+
+async def serve_aio(instr: Instrumentation, profiler: _Profiler) -> None:
+    server = grpc.aio.server(interceptors=instr.interceptors)
+    server.add_generic_rpc_handlers((handler("aio"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY {port}", flush=True)
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    threading.Thread(
+        target=_control, args=(instr, lambda: loop.call_soon_threadsafe(done.set)), daemon=True
+    ).start()
+    profiler.start_this_thread()  # aio handlers run on the event loop, i.e. this thread
+    await done.wait()
+    instr.flush()
+    await server.stop(grace=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, choices=CONFIGS)
+    parser.add_argument("--mode", required=True, choices=("sync", "aio"))
+    parser.add_argument("--log-dir", required=True, help="where access-log configs write")
+    parser.add_argument("--profile", metavar="FILE", help="write merged cProfile stats here")
+    args = parser.parse_args(argv)
+
+    instr = build(args.config, args.mode, args.log_dir)
+    profiler = _Profiler(args.profile)
+    try:
+        if args.mode == "sync":
+            serve_sync(instr, profiler)
+        else:
+            asyncio.run(serve_aio(instr, profiler))
+    finally:
+        profiler.dump()
+        instr.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
