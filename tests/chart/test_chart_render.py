@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -341,10 +341,10 @@ def _service_url(r: Rendered, component: str, scheme: str) -> str:
 def test_grafana_datasources_point_at_the_rendered_services(rendered: Get) -> None:
     r = rendered("defaults")
     ds = _datasources(r)
-    assert ds["rpcscope-prometheus"]["url"] == _service_url(r, "prometheus", "http")
-    assert ds["rpcscope-prometheus"]["isDefault"] is True
-    assert ds["rpcscope-alertmanager"]["url"] == _service_url(r, "alertmanager", "http")
-    es = ds["rpcscope-elasticsearch"]
+    assert ds["prometheus"]["url"] == _service_url(r, "prometheus", "http")
+    assert ds["prometheus"]["isDefault"] is True
+    assert ds["alertmanager"]["url"] == _service_url(r, "alertmanager", "http")
+    es = ds["elasticsearch"]
     assert es["url"].startswith("https://") and es["url"].endswith(":9200")
     if r.find("Service", r.name("elasticsearch")) is not None:
         assert es["url"] == _service_url(r, "elasticsearch", "https")
@@ -358,10 +358,10 @@ def test_grafana_datasources_point_at_the_rendered_services(rendered: Get) -> No
 
 def test_grafana_uses_external_prometheus_and_elasticsearch(rendered: Get) -> None:
     ds = _datasources(rendered("grafana-only"))
-    assert ds["rpcscope-prometheus"]["url"] == "http://prom.monitoring:9090"
-    assert "rpcscope-alertmanager" not in ds and "rpcscope-elasticsearch" not in ds
+    assert ds["prometheus"]["url"] == "http://prom.monitoring:9090"
+    assert "alertmanager" not in ds and "elasticsearch" not in ds
     r = rendered("external-es")
-    es = _datasources(r)["rpcscope-elasticsearch"]
+    es = _datasources(r)["elasticsearch"]
     assert es["url"] == "https://es.example.internal:9243"
     vols = {
         v["name"]: v
@@ -498,3 +498,29 @@ def test_helm_test_hook_checks_each_enabled_metrics_component(rendered: Get) -> 
     only = rendered("prometheus-only")
     script = only.get("Pod", only.name("test"))["spec"]["containers"][0]["args"][0]
     assert "grafana" not in script and "alertmanager" not in script
+
+
+def _datasource_refs(node: Any) -> Iterator[tuple[str, str]]:
+    """(uid, type) of every fixed datasource reference in a dashboard (variables skipped)."""
+    if isinstance(node, dict):
+        ds = node.get("datasource")
+        if isinstance(ds, dict) and "uid" in ds and not str(ds["uid"]).startswith("$"):
+            yield str(ds["uid"]), str(ds.get("type", ""))
+        for value in node.values():
+            yield from _datasource_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _datasource_refs(value)
+
+
+def test_dashboards_only_reference_provisioned_datasources(rendered: Get) -> None:
+    r = rendered("defaults")
+    provisioned = {uid: d["type"] for uid, d in _datasources(r).items()}
+    refs = {
+        ref
+        for f in (CHART_DIR / "files" / "dashboards").glob("*.json")
+        for ref in _datasource_refs(json.loads(f.read_text()))
+    }
+    for uid, kind in refs:
+        assert uid in provisioned, f"dashboard datasource {uid!r} is not provisioned"
+        assert kind in ("", provisioned[uid]), (uid, kind)

@@ -54,7 +54,7 @@ rpcscope-stack.grafana.datasources: provisioned datasources. Credentials are nev
 apiVersion: 1
 datasources:
   - name: Prometheus
-    uid: rpcscope-prometheus
+    uid: prometheus
     type: prometheus
     access: proxy
     url: {{ include "rpcscope-stack.prometheusUrl" . | quote }}
@@ -65,7 +65,7 @@ datasources:
       httpMethod: POST
 {{- if or .Values.alertmanager.enabled .Values.alertmanager.external.url }}
   - name: Alertmanager
-    uid: rpcscope-alertmanager
+    uid: alertmanager
     type: alertmanager
     access: proxy
     url: {{ include "rpcscope-stack.alertmanagerUrl" . | quote }}
@@ -77,7 +77,7 @@ datasources:
 {{- if include "rpcscope-stack.grafana.esEnabled" . }}
 {{- $sec := include "rpcscope-stack.grafana.esSecrets" . | fromJson }}
   - name: Elasticsearch logs
-    uid: rpcscope-elasticsearch
+    uid: elasticsearch
     type: elasticsearch
     access: proxy
     url: {{ include "rpcscope-stack.elasticsearchUrl" . | quote }}
@@ -97,7 +97,7 @@ datasources:
       # Every log line with a trace id links to all log lines of that trace.
       dataLinks:
         - field: {{ $ds.elasticsearch.traceIdField | quote }}
-          datasourceUid: rpcscope-elasticsearch
+          datasourceUid: elasticsearch
           url: {{ printf "%s:\"${__value.raw}\"" $ds.elasticsearch.traceIdField | quote }}
     {{- if or $sec.credentials $sec.ca }}
     secureJsonData:
