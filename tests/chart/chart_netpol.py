@@ -21,7 +21,7 @@ server, the internet) that only ``ipBlock`` peers or "everything" can match.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,9 @@ def _side_allows(
     return False
 
 
-def allowed(policies: list[Mapping[str, Any]], src: Endpoint, dst: Endpoint, port: Port) -> bool:
+def allowed(
+    policies: Sequence[Mapping[str, Any]], src: Endpoint, dst: Endpoint, port: Port
+) -> bool:
     """May ``src`` open a connection to ``dst`` on ``port``?"""
     return _side_allows(policies, src, dst, dst, port, "Egress") and _side_allows(
         policies, dst, src, dst, port, "Ingress"
@@ -154,7 +156,7 @@ Edge = tuple[str, str, int, str]
 
 
 def graph(
-    policies: list[Mapping[str, Any]], endpoints: list[Endpoint], governed: set[str]
+    policies: Sequence[Mapping[str, Any]], endpoints: Sequence[Endpoint], governed: set[str]
 ) -> set[Edge]:
     """Every allowed (src, dst, port, proto) where src or dst is in ``governed``.
 
