@@ -38,7 +38,7 @@ from typing import Any, TextIO
 
 import grpc
 from client import Phase, aio_phase, percentile, sync_phase
-from server import CONFIGS, DESCRIPTIONS, FULL_METHOD
+from server import CONFIGS, DESCRIPTIONS, DIAGNOSTIC_CONFIGS, FULL_METHOD
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -63,6 +63,14 @@ VERSIONS_OF = (
     "grpcio-observability",
     "rpcscope",
 )
+#: Filename regex of each config's own code, to list it apart in ``--profile`` output.
+OWN_CODE = {
+    "rpcscope-metrics": r"(collector|exporters|rpcscope)/",
+    "rpcscope-metrics-log": r"(collector|exporters|rpcscope)/",
+    "rpcscope-full": r"(collector|exporters|rpcscope)/",
+    "py-grpc-prometheus": r"(py_grpc_prometheus|prometheus_client)/",
+    "otel-grpc": r"opentelemetry/",
+}
 START_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 30.0
 
@@ -606,9 +614,13 @@ def profile(args: argparse.Namespace, workdir: str) -> None:
         total_calls = args.warmup + args.calls * args.reps
         print(f"\n=== {args.profile} / {mode}: top functions by own time ({total_calls} calls) ===")
         stats = pstats.Stats(path)
-        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("tottime").print_stats(30)
         print(f"=== {args.profile} / {mode}: by cumulative time ===")
-        stats.sort_stats("cumulative").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(30)
+        own = OWN_CODE.get(args.profile)
+        if own:
+            print(f"=== {args.profile} / {mode}: the instrumentation's own code, by own time ===")
+            stats.sort_stats("tottime").print_stats(own, 30)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -624,7 +636,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--configs",
         default=",".join(CONFIGS),
-        help=f"comma list from: {','.join(CONFIGS)} (bare is always added)",
+        help=f"comma list from: {','.join(CONFIGS)} (bare is always added; the default); "
+        f"diagnostic floors, only when named: {','.join(DIAGNOSTIC_CONFIGS)}",
     )
     parser.add_argument(
         "--out",
@@ -640,7 +653,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         metavar="CONFIG",
-        choices=CONFIGS,
+        choices=CONFIGS + DIAGNOSTIC_CONFIGS,
         help="profile one config's server with cProfile instead of benchmarking",
     )
     args = parser.parse_args(argv)
@@ -651,12 +664,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for mode in args.modes:
         if mode not in MODES:
             parser.error(f"--modes: unknown mode {mode!r}; use sync and/or aio")
+    known = CONFIGS + DIAGNOSTIC_CONFIGS
     for config in args.configs:
-        if config not in CONFIGS:
-            parser.error(f"--configs: unknown config {config!r}; choose from {CONFIGS}")
+        if config not in known:
+            parser.error(f"--configs: unknown config {config!r}; choose from {known}")
     if BARE not in args.configs:
         args.configs.insert(0, BARE)  # every delta is against bare: it always runs
-    args.configs = [c for c in CONFIGS if c in args.configs]
+    order = (BARE, *DIAGNOSTIC_CONFIGS, *CONFIGS[1:])
+    args.configs = [c for c in order if c in args.configs]
     if args.calls < 1 or args.reps < 1 or args.warmup < 0 or args.concurrency < 1:
         parser.error("--calls, --reps and --concurrency must be positive, --warmup ≥ 0")
     return args
