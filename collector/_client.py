@@ -9,14 +9,15 @@ metadata (``traceparent``), continuing the trace of the server call we are insid
 from __future__ import annotations
 
 import collections
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
-
-from rpcscope import schema
 from rpcscope.collector._core import CallRecord, MethodInfo, Pipeline, go_code
 from rpcscope.collector._methods import MethodTable
+
+from rpcscope import schema
 
 
 class _CallDetails(
@@ -59,10 +60,10 @@ class _ClientBase:
 
         def done(call: Any) -> None:
             try:
-                code = call.code()
+                code = _now(call.code())
                 record.code = go_code(code)
                 if record.code != "OK":
-                    details = call.details()
+                    details = _now(call.details())
                     record.details = details or None
                 elif unary_in:
                     record.msgs_in = 1
@@ -77,6 +78,23 @@ class _ClientBase:
         record.code = go_code(error.code()) if isinstance(error, grpc.RpcError) and hasattr(
             error, "code") else "Unknown"
         self._pipe.finish(record)
+
+
+def _now(value: Any) -> Any:
+    """The value of ``call.code()``/``details()`` on a finished call, sync or aio.
+
+    On ``grpc.aio`` calls these are coroutines; in a done-callback the status is already there,
+    so the coroutine completes on its first step without suspending. Driving it by hand keeps
+    the callback synchronous (no task per call) and uses only the public API.
+    """
+    if not inspect.iscoroutine(value):
+        return value
+    try:
+        value.send(None)
+    except StopIteration as done:
+        return done.value
+    value.close()
+    raise RuntimeError("aio call status not available in its done-callback")
 
 
 # --- sync -----------------------------------------------------------------------------------
