@@ -1,0 +1,214 @@
+"""The ECS side of fluentd-config/: which fields it writes, and what its Ruby expressions produce.
+
+The field-name checks run everywhere. The expression checks run the record_transformer
+expressions with a real Ruby (record_transformer.rb mirrors Fluentd's evaluation) and are
+skipped, with the reason, when `ruby` is not on the PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from fluentd_conf import CONFIG_DIR, HERE, Directive, effective, parse_file
+
+from rpcscope import schema
+
+ECS_FIELDS = {
+    line.strip()
+    for line in (HERE / "ecs_fields.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+}
+# Non-ECS trees the input plugins and kubernetes_metadata add; the config must drop them.
+NON_ECS_KEYS = {"kubernetes", "docker", "stream", "logtag"}
+ISO_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
+
+
+def _transformers(root: Directive) -> dict[str, Directive]:
+    return {
+        d.params["@id"]: d
+        for d in root.walk()
+        if d.name == "filter" and d.type == "record_transformer"
+    }
+
+
+def _written_fields(root: Directive) -> set[str]:
+    fields: set[str] = set()
+    for t in _transformers(root).values():
+        record = t.child("record")
+        assert record is not None
+        fields |= set(record.params)
+    for d in root.walk():
+        if d.type == "elasticsearch_genid":
+            fields.add(d.params["hash_id_key"])
+        if d.type == "tail" and "path_key" in d.params:
+            fields.add(d.params["path_key"])
+    return fields
+
+
+def test_config_writes_exactly_the_listed_ecs_fields() -> None:
+    written = _written_fields(parse_file(CONFIG_DIR / "daemonset.conf")) | _written_fields(
+        parse_file(CONFIG_DIR / "aggregator.conf")
+    )
+    assert written - ECS_FIELDS == set(), "fields written that are not in ecs_fields.txt"
+    assert ECS_FIELDS - written == set(), "ecs_fields.txt lists fields the config no longer writes"
+
+
+def test_kubernetes_trees_are_removed_after_mapping() -> None:
+    t = _transformers(parse_file(CONFIG_DIR / "daemonset.conf"))["filter_kubernetes_to_ecs"]
+    assert set(t.params["remove_keys"].split(",")) == NON_ECS_KEYS
+
+
+def test_defaults_follow_the_frozen_schema() -> None:
+    t = _transformers(parse_file(CONFIG_DIR / "aggregator.conf"))["filter_data_stream_fields"]
+    record = t.child("record")
+    assert record is not None
+    assert f'"{schema.ECS_VERSION}"' in record.params["ecs.version"]
+    assert f'== "{schema.ACCESS_LOGGER}"' in record.params["data_stream.dataset"]
+    assert record.params["event.dataset"] == record.params["data_stream.dataset"]
+
+
+# --- evaluating the expressions ------------------------------------------------------------------
+
+RUBY = shutil.which("ruby")
+needs_ruby = pytest.mark.skipif(
+    RUBY is None,
+    reason="ruby is not installed: the record_transformer expressions are not evaluated",
+)
+
+
+def _run(
+    sample: str | dict[str, Any], filter_ids: list[str], env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run `sample` (a file in samples/ or a payload) through the named record_transformers."""
+    root = parse_file(CONFIG_DIR / "daemonset.conf")
+    transformers = _transformers(root)
+    filters = []
+    for fid in filter_ids:
+        t = transformers[fid]
+        record = t.child("record")
+        assert record is not None
+        filters.append(
+            {
+                # Config-time "#{ENV[...] || ...}" defaults are resolved first, as Fluentd does
+                # when it reads the file; the ${...} placeholders run per record in Ruby.
+                "map": {k: effective(v, env) for k, v in record.params.items()},
+                "remove_keys": [k for k in t.params.get("remove_keys", "").split(",") if k],
+            }
+        )
+    payload = dict(
+        json.loads((HERE / "samples" / sample).read_text()) if isinstance(sample, str) else sample
+    )
+    payload["filters"] = filters
+    assert RUBY is not None
+    out = subprocess.run(
+        [RUBY, str(HERE / "record_transformer.rb")],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+TAILER_CHAIN = ["filter_kubernetes_to_ecs", "filter_data_stream_fields"]
+
+
+@needs_ruby
+def test_access_log_record_maps_to_ecs_and_the_access_data_stream() -> None:
+    sample = json.loads(
+        (HERE / "samples" / "access_log_after_kubernetes_metadata.json").read_text()
+    )
+    out = _run(
+        "access_log_after_kubernetes_metadata.json",
+        TAILER_CHAIN,
+        {"FLUENT_CLUSTER_NAME": "prod-eu"},
+    )
+    assert NON_ECS_KEYS.isdisjoint(out)
+    assert out["orchestrator.type"] == "kubernetes"
+    assert out["orchestrator.cluster.name"] == "prod-eu"
+    assert out["orchestrator.namespace"] == "default"
+    assert out["orchestrator.resource.type"] == "pod"
+    assert out["orchestrator.resource.name"] == "shop-7d9f"
+    assert out["orchestrator.resource.ip"] == "10.0.3.9"
+    assert sorted(out["orchestrator.resource.label"]) == [
+        "app_kubernetes_io/name:shop",
+        "pod-template-hash:7d9f",
+    ]
+    assert out["container.name"] == "shop"
+    assert out["container.id"] == sample["record"]["docker"]["container_id"]
+    assert out["container.image.name"] == "registry.example/shop:1.4.2"
+    assert out["host.name"] == "node-a"
+    # The service's own ECS fields win over anything derived from Kubernetes.
+    assert out["service.name"] == "shop"
+    assert out["@timestamp"] == "2026-11-26T04:06:40.123456Z"
+    assert out["ecs.version"] == schema.ECS_VERSION
+    assert out["data_stream.dataset"] == out["event.dataset"] == schema.ACCESS_LOGGER
+    assert (out["data_stream.type"], out["data_stream.namespace"]) == ("logs", "default")
+    # Every access-log field survives untouched, and nothing outside ECS + the access log appears.
+    for name in schema.ACCESS_LOG_FIELDS:
+        if name != "host.name":
+            assert out[name] == sample["record"][name], name
+    assert set(out) <= ECS_FIELDS | set(schema.ACCESS_LOG_FIELDS)
+
+
+@needs_ruby
+def test_plain_text_line_gets_fallbacks_and_the_app_data_stream() -> None:
+    out = _run(
+        "plain_line_after_kubernetes_metadata.json",
+        TAILER_CHAIN,
+        {"FLUENT_DATA_STREAM_NAMESPACE": "prod"},
+    )
+    assert NON_ECS_KEYS.isdisjoint(out)
+    assert out["message"] == "Traceback (most recent call last):"
+    assert out["service.name"] == "legacy"  # from the pod's `app` label
+    assert out["orchestrator.resource.label"] == ["app:legacy"]
+    assert out["orchestrator.resource.ip"] is None  # no pod IP known: null, which ES skips
+    assert out["data_stream.dataset"] == "rpcscope.app"
+    assert out["data_stream.namespace"] == "prod"
+    assert out["ecs.version"] == schema.ECS_VERSION
+    # No @timestamp in the line: the CRI time of the event, UTC, nanoseconds.
+    assert ISO_NS.match(out["@timestamp"]), out["@timestamp"]
+    expected = datetime.fromtimestamp(1764130001.5, tz=timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%f"
+    )
+    assert out["@timestamp"] == expected + "000Z"
+    assert set(out) - {"message"} <= ECS_FIELDS
+
+
+@needs_ruby
+def test_nested_ecs_logger_is_recognised_and_not_duplicated() -> None:
+    """ecs-logging style records nest fields ({"log": {"logger": ...}}); both shapes route alike."""
+    nested = {
+        "tag": "rpcscope.access",
+        "time": 1764130000,
+        "record": {
+            "@timestamp": "2026-11-26T04:06:40Z",
+            "log": {"logger": schema.ACCESS_LOGGER, "level": "info"},
+            "ecs": {"version": "8.11.0"},
+            "service": {"name": "shop"},
+        },
+    }
+    out = _run(nested, ["filter_data_stream_fields"])
+    assert out["data_stream.dataset"] == schema.ACCESS_LOGGER
+    assert out["ecs.version"] is None  # the nested ecs.version is kept; no second flat copy
+    assert out["ecs"] == {"version": "8.11.0"}
+    assert out["@timestamp"] == "2026-11-26T04:06:40Z"
+
+
+@needs_ruby
+def test_nested_service_name_is_not_duplicated_by_the_fallback() -> None:
+    sample = json.loads(
+        (HERE / "samples" / "plain_line_after_kubernetes_metadata.json").read_text()
+    )
+    sample["record"]["service"] = {"name": "payments-worker"}
+    out = _run(sample, TAILER_CHAIN)
+    assert out["service"] == {"name": "payments-worker"}
+    assert out["service.name"] is None
