@@ -33,6 +33,12 @@ def _deadline(context: Any) -> float | None:
     return float(remaining)
 
 
+def _expired(context: Any) -> bool:
+    """Whether the call's deadline has passed. aio returns None when the call has no deadline."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 # --- status, sync ---------------------------------------------------------------------------
 
 
@@ -44,7 +50,7 @@ def _sync_status(context: Any, error: BaseException | None) -> tuple[str, str | 
             details = details.decode("utf-8", "replace")
         return go_code(code), details or None
     if not context.is_active():
-        return ("DeadlineExceeded" if context.time_remaining() <= 0 else "Canceled"), None
+        return ("DeadlineExceeded" if _expired(context) else "Canceled"), None
     if error is not None:
         return "Unknown", f"Exception calling application: {error}"
     return "OK", None
@@ -60,7 +66,7 @@ def _aio_status(context: Any, error: BaseException | None) -> tuple[str, str | N
             details = details.decode("utf-8", "replace")
         return go_code(code), details or None
     if isinstance(error, asyncio.CancelledError) or context.cancelled():
-        return ("DeadlineExceeded" if context.time_remaining() <= 0 else "Canceled"), None
+        return ("DeadlineExceeded" if _expired(context) else "Canceled"), None
     if error is not None:
         return "Unknown", f"Unexpected error in RPC handler: {error!r}"
     return "OK", None
