@@ -8,7 +8,7 @@ table is a paired comparison: config minus (or over) the bare server of the same
 the same repetition, median over repetitions.
 
     .venv/bin/python bench/run.py                       # defaults: well under 5 minutes
-    .venv/bin/python bench/run.py --calls 5000 --reps 7 # tighter numbers, longer
+    .venv/bin/python bench/run.py --calls 3000 --reps 25  # tighter numbers, longer
     .venv/bin/python bench/run.py --profile rpcscope-full   # where does the time go?
     .venv/bin/python bench/run.py --smoke --out /tmp/b.md   # seconds; proves the harness works
 
@@ -117,12 +117,12 @@ class ServerProc:
             raise ServerError(f"did not start: {line or self.stderr_tail()}")
         self.port = int(line.split()[1])
 
-    def cpu_ns(self) -> int:
+    def cpu_ns(self, timeout: float = CONTROL_TIMEOUT_S) -> int:
         """Flush the config's telemetry buffers, then read the process CPU time (all threads)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write("sample\n")
         self.proc.stdin.flush()
-        line = self._readline(CONTROL_TIMEOUT_S)
+        line = self._readline(timeout)
         if not line.startswith("CPU "):
             raise ServerError(f"bad control answer {line!r}: {self.stderr_tail()}")
         return int(line.split()[1])
@@ -141,7 +141,7 @@ class ServerProc:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
-            raise ServerError(f"no answer within {timeout:.0f}s")
+            raise ServerError(f"no answer on the control channel within {timeout:.0f}s (hung)")
         return self.proc.stdout.readline().strip()
 
     def stderr_tail(self, lines: int = 5) -> str:
@@ -242,10 +242,16 @@ def measure(slot: Slot, clients: Clients, calls: int, rep: int) -> None:
     assert slot.server is not None
     before = slot.server.cpu_ns()
     phase = slot.call(clients, calls)
-    after = slot.server.cpu_ns()
     if phase.error is not None:
         slot.failure = f"rep {rep + 1}: {phase.error}"
+        try:
+            slot.server.cpu_ns(timeout=5.0)
+        except ServerError:
+            slot.failure += (
+                "; the server process then stopped answering its control thread too (hung)"
+            )
         return
+    after = slot.server.cpu_ns()
     latencies = sorted(phase.latencies_ns)
     slot.samples.append(
         Sample(
@@ -297,11 +303,20 @@ def run(args: argparse.Namespace, workdir: str, profile_dir: str | None = None) 
             began = time.monotonic()
             for slot in slots[shift:] + slots[:shift]:
                 if slot.server is not None and slot.failure is None:
-                    measure(slot, clients, args.calls, rep)
+                    try:
+                        measure(slot, clients, args.calls, rep)
+                    except ServerError as exc:
+                        # One config misbehaving must not cost the others their results.
+                        slot.failure = f"rep {rep + 1}: server control: {exc}"
+                        log(f"{slot.mode}/{slot.config} failed: {slot.failure}")
             log(f"rep {rep + 1}/{args.reps} done in {time.monotonic() - began:.1f}s")
         for slot in live:
             assert slot.server is not None
-            slot.observed = slot.server.observed()
+            if slot.failure is None:
+                try:
+                    slot.observed = slot.server.observed()
+                except ServerError as exc:
+                    slot.failure = f"stats: {exc}"
     finally:
         clients.close()
         for slot in slots:
@@ -437,6 +452,27 @@ def machine() -> dict[str, Any]:
     }
 
 
+def install_notes(v: dict[str, str]) -> list[str]:
+    """What a reader needs to reproduce the optional configs (grpcio-observability pins grpcio)."""
+    notes = []
+    obs, core = v.get("grpcio-observability", "not installed"), v.get("grpcio", "")
+    if obs == "not installed":
+        notes.append(
+            "grpcio-observability is not installed, so it was skipped. `pip install "
+            "grpcio-observability` pins `grpcio==` its own version (it would replace the "
+            "installed grpcio), which is why it is not in the `bench` extra."
+        )
+    elif obs != core:
+        notes.append(
+            f"grpcio-observability {obs} requires exactly grpcio=={obs}; this venv has grpcio "
+            f"{core}, so it was installed with `pip install --no-deps "
+            f"grpcio-observability=={obs}` (a version mismatch: the sanity check above shows "
+            "whether it still recorded every call). It is not in the `bench` extra because of "
+            "that exact pin."
+        )
+    return notes
+
+
 def command_line(argv: list[str]) -> str:
     if not argv:
         return "make bench  # = .venv/bin/python bench/run.py"
@@ -465,8 +501,9 @@ def render(
         "",
         f"- **Command:** `{command_line(argv)}`",
         f"- **Date:** {started:%Y-%m-%d %H:%M} UTC, {wall_s:.0f} s wall clock (warm-up included)",
-        f"- **Machine:** {info['nproc']} CPUs ({info['cpu']}), load average "
-        f"{info['loadavg_at_start']:.2f} at start; {info['platform']}",
+        f"- **Machine:** {info['nproc']} CPUs ({info['cpu']}), 1-minute load average "
+        f"{info['loadavg_at_start']:.2f} at start and {os.getloadavg()[0]:.2f} at the end "
+        f"(the harness itself accounts for about 2); {info['platform']}",
         f"- **Python** {info['python']}; "
         + ", ".join(f"{name} {version}" for name, version in v.items()),
         f"- **Load:** {args.calls} calls per phase x {args.reps} repetitions per config "
@@ -552,8 +589,11 @@ def render(
             f"{'ok' if slot.sane() else '**MISMATCH**'} |"
         )
     out += ["", "## Configs", ""]
+    notes = install_notes(info["versions"])
     for config in args.configs:
         out.append(f"- `{config}`: {DESCRIPTIONS[config]}")
+    if notes:
+        out += ["", "## Install notes", ""] + [f"- {note}" for note in notes]
     out += [
         "",
         "## How to read and reproduce",
@@ -628,8 +668,10 @@ def profile(args: argparse.Namespace, workdir: str) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=3000, help="calls per phase (default 3000)")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
+    # Many short phases beat few long ones on a shared machine: a burst of someone else's work
+    # then spoils one repetition of a few configs, which the median over repetitions discards.
+    parser.add_argument("--calls", type=int, default=1500, help="calls per phase (default 1500)")
+    parser.add_argument("--reps", type=int, default=15, help="repetitions (default 15)")
     parser.add_argument("--warmup", type=int, default=500, help="warm-up calls per server")
     parser.add_argument("--concurrency", type=int, default=16, help="aio calls in flight")
     parser.add_argument("--modes", default=",".join(MODES), help="comma list: sync,aio")

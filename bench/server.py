@@ -319,7 +319,7 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
             SpanExportResult,
         )
 
-        class NullExporter(SpanExporter):  # type: ignore[misc]
+        class NullExporter(SpanExporter):
             """Drops spans (counting them): we measure the instrumentation, not a network."""
 
             spans = 0
@@ -340,9 +340,8 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
             provider.force_flush()
             return {"calls": exporter.spans}
 
-        return Instrumentation(
-            [make(tracer_provider=provider)], flush_spans, provider.shutdown, observed_spans
-        )
+        interceptor = make(tracer_provider=provider)  # type: ignore[no-untyped-call]
+        return Instrumentation([interceptor], flush_spans, provider.shutdown, observed_spans)
 
     if config == "grpcio-observability":
         import grpc_observability
@@ -365,7 +364,8 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
                 for scope_metrics in resource.scope_metrics:
                     for metric in scope_metrics.metrics:
                         if metric.name == "grpc.server.call.duration":
-                            calls += sum(point.count for point in metric.data.data_points)
+                            points = metric.data.data_points
+                            calls += sum(int(getattr(p, "count", 0)) for p in points)
             return {"calls": calls}
 
         return Instrumentation([], close=plugin.deregister_global, observed=observed_obs)
@@ -415,7 +415,7 @@ class _Profiler:
             profiler.start_this_thread()
             original_run(thread)
 
-        threading.Thread.run = profiled_run  # type: ignore[method-assign]
+        threading.Thread.run = profiled_run  # type: ignore[method-assign,assignment]
 
     def start_this_thread(self) -> None:
         if self.path is None:
