@@ -288,14 +288,17 @@ def test_prometheus_alerts_go_to_our_alertmanager_or_the_external_one() -> None:
 
 def test_discovery_rbac_is_read_only_and_namespaced_when_asked(rendered: Get) -> None:
     cluster = rendered("defaults")
-    roles = cluster.of_kind("ClusterRole")
-    assert len(roles) == 1 and not cluster.of_kind("Role")
+    prom = cluster.name("prometheus")
+    roles = [ro for ro in cluster.of_kind("ClusterRole") if ro["metadata"]["name"].endswith(prom)]
+    assert len(roles) == 1
+    assert not [ro for ro in cluster.of_kind("Role") if ro["metadata"]["name"] == prom]
     for rule in roles[0]["rules"]:
         assert set(rule["verbs"]) <= {"get", "list", "watch"}
         assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
     scoped = rendered("all-on")
-    assert not scoped.of_kind("ClusterRole")
-    assert {ro["metadata"]["namespace"] for ro in scoped.of_kind("Role")} >= {
+    assert not [ro for ro in scoped.of_kind("ClusterRole") if ro["metadata"]["name"].endswith(prom)]
+    prom_roles = [ro for ro in scoped.of_kind("Role") if ro["metadata"]["name"] == prom]
+    assert {ro["metadata"]["namespace"] for ro in prom_roles} >= {
         "shop",
         "payments",
         NAMESPACE,
