@@ -81,8 +81,13 @@ def test_smoke_run_measures_every_config_and_writes_the_report(tmp_path: Path) -
     verdicts = {v["mode"]: v for v in data["verdicts"]}
     assert set(verdicts) == {"sync", "aio"}
     for verdict in verdicts.values():
-        assert verdict["status"] in {"PASS", "FAIL"}
+        # With a few calls the deltas are noise, so any verdict may come out; what matters is
+        # that it is computed from both configs and printed where CI logs and the doc show it.
+        assert verdict["status"] in {"PASS", "FAIL", "INCONCLUSIVE"}
         assert f"TARGET {verdict['mode']}: {verdict['status']}" in proc.stdout
+
+    micro = data["micro"]["cpu_us"]
+    assert set(micro) >= ALWAYS_AVAILABLE and all(v > 0 for v in micro.values())
 
     doc = out.read_text()
     assert f"bench/run.py --smoke --calls {CALLS}" in doc
