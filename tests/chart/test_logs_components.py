@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -175,15 +176,17 @@ def test_external_elasticsearch_renders_no_elasticsearch_and_wires_every_client(
 
     exporter = _pod(r, "Deployment", "elasticsearch-exporter")["containers"][0]
     assert f"--es.uri={url}" in exporter["args"]
-    env = _env(exporter)
-    assert env["ES_PASSWORD"]["secretKeyRef"]["name"] == "corp-es-writer"
+    assert (
+        _secret_volumes(_pod(r, "Deployment", "elasticsearch-exporter"))[
+            "elasticsearch-credentials"
+        ]
+        == "corp-es-writer"
+    )
 
     kibana = _pod(r, "Deployment", "kibana")
     kyml = yaml.safe_load(r.configmap_data(r.name("kibana"), "kibana.yml"))
     assert kyml["elasticsearch.hosts"] == [url]
-    assert _env(kibana["containers"][0])["RPCSCOPE_ES_PASSWORD"]["secretKeyRef"]["name"] == (
-        "corp-kibana-system"
-    )
+    assert _secret_volumes(kibana)["elasticsearch-credentials"] == "corp-kibana-system"
     assert _secret_volumes(kibana)["elasticsearch-ca"] == "corp-es-ca"
 
 
@@ -201,8 +204,8 @@ def test_external_elasticsearch_without_ca_uses_the_system_trust_store() -> None
 def test_kibana_falls_back_to_the_external_credentials() -> None:
     values = merge(EXTERNAL, {"kibana": {"elasticsearchCredentialsSecret": ""}})
     r = render(values)
-    env = _env(_pod(r, "Deployment", "kibana")["containers"][0])
-    assert env["RPCSCOPE_ES_USERNAME"]["secretKeyRef"]["name"] == "corp-es-writer"
+    vols = _secret_volumes(_pod(r, "Deployment", "kibana"))
+    assert vols["elasticsearch-credentials"] == "corp-es-writer"
 
 
 # --- every Secret a pod needs is there ----------------------------------------------------------
@@ -448,6 +451,25 @@ def test_fluentd_only_scenario_ships_logs_to_the_external_cluster(rendered: Any)
     url = SCENARIOS["fluentd-only"]["elasticsearch"]["external"]["url"]
     env = _env(_pod(r, "DaemonSet", "fluentd")["containers"][0])
     assert env["FLUENT_ELASTICSEARCH_HOSTS"] == url
+
+
+def test_log_pods_take_secrets_from_files_not_the_pod_spec(rendered: Any) -> None:
+    r = rendered("defaults")
+    for obj, labels, spec in r.pods():
+        if labels.get("app.kubernetes.io/component") not in LOG_COMPONENTS:
+            continue
+        for c in spec["containers"] + spec.get("initContainers", []):
+            refs = [e for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+            assert refs == [], f"{obj['metadata']['name']}/{c['name']}: {refs}"
+
+
+def test_kibana_config_references_every_variable_its_start_script_sets(rendered: Any) -> None:
+    r = rendered("defaults")
+    script = _pod(r, "Deployment", "kibana")["containers"][0]["command"][-1]
+    kyml = r.configmap_data(r.name("kibana"), "kibana.yml")
+    exported = set(re.findall(r"^(RPCSCOPE_[A-Z_]+)=", script, flags=re.M))
+    referenced = set(re.findall(r"\$\{(RPCSCOPE_[A-Z_]+)\}", kyml))
+    assert exported == referenced and len(exported) == 5
 
 
 def test_elastic_password_never_appears_in_a_pod_spec(rendered: Any) -> None:
