@@ -212,3 +212,17 @@ def test_nested_service_name_is_not_duplicated_by_the_fallback() -> None:
     out = _run(sample, TAILER_CHAIN)
     assert out["service"] == {"name": "payments-worker"}
     assert out["service.name"] is None
+
+
+@needs_ruby
+def test_readme_example_is_what_the_config_produces() -> None:
+    """The worked example in fluentd-config/README.md is checked, key by key, against a real run."""
+    readme = (CONFIG_DIR / "README.md").read_text()
+    section = readme.split("### Example", 1)[1]
+    block = re.search(r"```json\n(.*?)```", section, flags=re.S)
+    assert block is not None, "README lost its ### Example json block"
+    example = json.loads(block.group(1))
+    out = _run("access_log_after_kubernetes_metadata.json", TAILER_CHAIN)
+    for key, value in example.items():
+        assert out.get(key) == value, key
+    assert f"logs-{out['data_stream.dataset']}-{out['data_stream.namespace']}" in section
