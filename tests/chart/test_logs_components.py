@@ -482,3 +482,17 @@ def test_elastic_password_never_appears_in_a_pod_spec(rendered: Any) -> None:
     assert base64.b64encode(password.encode()).decode() not in json.dumps(
         [o for o in r.objects if o["kind"] != "Secret"]
     )
+
+
+def test_grafana_gets_a_read_only_elasticsearch_user(rendered: Any) -> None:
+    r = rendered("defaults")
+    name = r.name("grafana-elasticsearch") + "-credentials"
+    assert r.secret_data(name)["username"] == b"rpcscope_grafana"
+    setup = r.name("elasticsearch") + "-setup"
+    script = r.configmap_data(setup, "setup.sh")
+    assert "user rpcscope_grafana rpcscope_logs_reader /secrets/grafana-elasticsearch" in script
+    role = json.loads(r.configmap_data(setup, "role-rpcscope_logs_reader.json"))
+    assert role["indices"][0]["privileges"] == ["read", "view_index_metadata"]
+    assert "cluster" not in role
+    job = r.get("Job", setup)["spec"]["template"]["spec"]
+    assert _secret_volumes(job)["user-grafana-elasticsearch"] == name

@@ -8,6 +8,7 @@ How the log components authenticate to Elasticsearch (least privilege, one user 
   elasticsearch-exporter   rpcscope_monitor  <fullname>-elasticsearch-exporter-credentials   (same)
   Kibana                   kibana_system     <fullname>-kibana-credentials     kibana.elasticsearchCredentialsSecret,
                                                                              else the external credentialsSecret
+  Grafana log datasource   rpcscope_grafana  <fullname>-grafana-elasticsearch-credentials (read-only)
   setup Job                elastic           <fullname>-elasticsearch-credentials   (no setup Job)
 
 Every credentials Secret has the keys `username` and `password`. The CA every client verifies
