@@ -8,6 +8,7 @@ generator says it sent, and the access log on disk.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -232,6 +233,33 @@ def test_invalid_demo_options_fail_before_starting(
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli.main([]) == 2
     assert "demo" in capsys.readouterr().err
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_progress_rewrites_one_line_only_on_a_terminal() -> None:
+    tty, pipe = _Stream(tty=True), _Stream(tty=False)
+    for stream in (tty, pipe):
+        progress = _cli.Progress(stream, total=10.0, enabled=True, every=5.0)
+        for second in range(10):
+            progress.update(done=second * 10, failed=second, elapsed=float(second))
+        progress.finish(done=100, failed=10, elapsed=10.0)
+    # terminal: carriage returns, a single newline at the end
+    assert tty.getvalue().count("\r") == 11
+    assert tty.getvalue().count("\n") == 1
+    # pipe (CI logs): whole lines every 5 s plus the final one, never a carriage return
+    lines = pipe.getvalue().splitlines()
+    assert "\r" not in pipe.getvalue()
+    assert len(lines) == 3
+    assert lines[-1].startswith("demo [" + "#" * 24 + "]")
+    assert "100 calls" in lines[-1]
 
 
 # --- the latency estimate ------------------------------------------------------------------------

@@ -481,7 +481,7 @@ def _run_demo(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     logs = report.get("logs", {})
     access_log = args.access_log
     if access_log not in ("stdout", "off"):
-        access_log = os.path.abspath(access_log)
+        access_log = report["access_log"] = os.path.abspath(access_log)
     where = [
         ("metrics", f"{run.metrics_url} (served while the demo ran)"),
         (
@@ -504,6 +504,9 @@ def _run_demo(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         "histogram_quantile())",
         "",
         *_summary(run, stats, methods),
+        "sent: calls the load generator started; calls: calls the server handled "
+        f"({schema.SERVER_HANDLED}). Deadlines and cancellations can end a call before it "
+        "reaches the server.",
         "",
         *(f"{what + ':':<12} {place}" for what, place in where),
     ]
