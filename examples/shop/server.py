@@ -585,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scope: Any = None
     if not args.no_rpcscope:
-        import rpcscope  # noqa: PLC0415 - the example also runs without rpcscope installed
+        import rpcscope
 
         scope = rpcscope.Scope(service="shop")
         metrics = scope.serve_metrics(port=args.metrics_port, addr=args.host)
