@@ -176,7 +176,49 @@ def check_labels(root: Directive) -> list[str]:
     return problems
 
 
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# strftime placeholders and the resolution they give a path, as Fluentd's placeholder check uses.
+_TIME_PLACEHOLDERS = {
+    "%S": 1,
+    "%M": 60,
+    "%H": 3600,
+    "%d": 86400,
+    "%m": 86400 * 28,
+    "%Y": 86400 * 365,
+}
+
+
+def _seconds(value: str) -> int:
+    value = value.strip()
+    if value[-1] in _TIME_UNITS:
+        return int(value[:-1]) * _TIME_UNITS[value[-1]]
+    return int(value)
+
+
+def check_file_outputs(root: Directive) -> list[str]:
+    """out_file paths have time placeholders as fine as the buffer's timekey (else no start)."""
+    problems: list[str] = []
+    for m in matches(root):
+        if m.type != "file":
+            continue
+        where = f"<match {m.arg}> @type file ({m.source})"
+        buf = m.child("buffer")
+        if buf is None or "time" not in [k.strip() for k in buf.arg.split(",")]:
+            continue
+        timekey = _seconds(buf.params.get("timekey", "1d"))
+        path = m.params.get("path", "")
+        found = [sec for ph, sec in _TIME_PLACEHOLDERS.items() if ph in path]
+        if not found:
+            problems.append(f"{where}: path has no time placeholder for timekey {timekey}")
+        elif timekey < min(found):
+            problems.append(
+                f"{where}: timekey {timekey}s is finer than the path's time placeholders"
+            )
+    return problems
+
+
 ALL_CHECKS = (
+    check_file_outputs,
     check_buffers,
     check_secondaries,
     check_elasticsearch_outputs,

@@ -15,6 +15,7 @@ from fluentd_checks import (
     all_problems,
     check_buffers,
     check_elasticsearch_outputs,
+    check_file_outputs,
     check_forward_sources,
     check_labels,
     check_secondaries,
@@ -166,6 +167,11 @@ def _mutated(tmp_path: Path, edit: tuple[str, str, str]) -> Directive:
                 "      retry_type periodic",
             ),
             "exponential",
+        ),
+        (
+            check_file_outputs,
+            ("conf.d/dead-letter.conf", "      timekey 1d\n", "      timekey 1h\n"),
+            "finer",
         ),
         (
             check_secondaries,
