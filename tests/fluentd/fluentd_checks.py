@@ -217,7 +217,21 @@ def check_file_outputs(root: Directive) -> list[str]:
     return problems
 
 
+def check_tls_version_bounds(root: Directive) -> list[str]:
+    """TLS min/max versions come in pairs: Fluentd and the ES plugin refuse one alone."""
+    problems: list[str] = []
+    pairs = (("min_version", "max_version"), ("ssl_min_version", "ssl_max_version"))
+    for d in root.walk():
+        for low, high in pairs:
+            if (low in d.params) != (high in d.params):
+                problems.append(
+                    f"<{d.name} {d.arg}> ({d.source}): {low} and {high} must be set together"
+                )
+    return problems
+
+
 ALL_CHECKS = (
+    check_tls_version_bounds,
     check_file_outputs,
     check_buffers,
     check_secondaries,

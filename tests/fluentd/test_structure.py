@@ -19,6 +19,7 @@ from fluentd_checks import (
     check_forward_sources,
     check_labels,
     check_secondaries,
+    check_tls_version_bounds,
 )
 from fluentd_conf import (
     CONFIG_DIR,
@@ -167,6 +168,16 @@ def _mutated(tmp_path: Path, edit: tuple[str, str, str]) -> Directive:
                 "      retry_type periodic",
             ),
             "exponential",
+        ),
+        (
+            check_tls_version_bounds,
+            ("conf.d/source-forward.conf", "    max_version TLSv1_3\n", ""),
+            "together",
+        ),
+        (
+            check_tls_version_bounds,
+            ("conf.d/output-elasticsearch.conf", "    ssl_max_version TLSv1_3\n", ""),
+            "together",
         ),
         (
             check_file_outputs,
