@@ -496,3 +496,29 @@ def test_grafana_gets_a_read_only_elasticsearch_user(rendered: Any) -> None:
     assert "cluster" not in role
     job = r.get("Job", setup)["spec"]["template"]["spec"]
     assert _secret_volumes(job)["user-grafana-elasticsearch"] == name
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no sh to syntax-check the scripts")
+def test_every_shell_script_in_a_log_pod_parses(rendered: Any) -> None:
+    """Init, start and probe scripts are checked with `sh -n` (they run under busybox/dash sh)."""
+    r = rendered("all-on")
+    scripts = []
+    for obj, labels, spec in r.pods():
+        if labels.get("app.kubernetes.io/component") not in LOG_COMPONENTS:
+            continue
+        for c in spec["containers"] + spec.get("initContainers", []):
+            commands = [c.get("command", [])]
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                commands.append(c.get(probe, {}).get("exec", {}).get("command", []))
+            for cmd in commands:
+                if "-c" in cmd or "-ec" in cmd:
+                    flag = "-c" if "-c" in cmd else "-ec"
+                    scripts.append(
+                        (f"{obj['metadata']['name']}/{c['name']}", cmd[cmd.index(flag) + 1])
+                    )
+    assert len(scripts) >= 4
+    for where, script in scripts:
+        proc = subprocess.run(
+            ["sh", "-n", "-c", script], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert proc.returncode == 0, f"{where}: {proc.stderr}"
