@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import collections
 import inspect
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
-from rpcscope.collector._core import CallRecord, MethodInfo, Pipeline, go_code
-from rpcscope.collector._methods import MethodTable
 
 from rpcscope import schema
+from rpcscope.collector._core import CallRecord, MethodInfo, Pipeline, go_code
+from rpcscope.collector._methods import MethodTable
 
 
 class _CallDetails(
@@ -55,7 +56,8 @@ class _ClientBase:
             self._pipe.errors.record("inject")
             return []
 
-    def _done_callback(self, record: CallRecord, unary_in: bool) -> Callable[[Any], None]:
+    def _done_callback(self, record: CallRecord, unary_in: bool,
+                       stream_end: _StreamEnd | None = None) -> Callable[[Any], None]:
         pipe = self._pipe
 
         def done(call: Any) -> None:
@@ -69,7 +71,8 @@ class _ClientBase:
                     record.msgs_in = 1
             except Exception:
                 pipe.errors.record("client-status")
-            pipe.finish(record)
+            if stream_end is None or stream_end.arrive():
+                pipe.finish(record)
 
         return done
 
@@ -134,11 +137,14 @@ class ClientInterceptor(
         except BaseException as error:
             self._fail(record, error)
             raise
+        stream_end = _StreamEnd() if streaming_out else None
         try:
-            call.add_done_callback(self._done_callback(record, not streaming_out))
+            call.add_done_callback(self._done_callback(record, not streaming_out, stream_end))
         except Exception:
             self._pipe.errors.record("client-callback")
-        return _CountingResponses(call, record) if streaming_out else call
+        if stream_end is None:
+            return call
+        return _CountingResponses(call, record, self._pipe, stream_end)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return self._invoke(continuation, details, request, schema.TYPE_UNARY, False, False)
@@ -174,22 +180,66 @@ class _CountingRequests:
         return item
 
 
+class _StreamEnd:
+    """Finishes a streaming-response record once the status arrived AND the reading ended.
+
+    grpc runs the done-callback when the status arrives, which can be before the application
+    has read the last responses (they wait in the transport): finishing there undercounted
+    ``msg_received`` and cut the duration short. Go's interceptors report ``handled`` when
+    RecvMsg returns EOF or an error, i.e. when the application is done reading. So the record
+    finishes at the later of the two events: the done-callback, and the end of reading (the
+    iterator is exhausted, raises, or is dropped by the application).
+    """
+
+    __slots__ = ("_lock", "_pending")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = 2
+
+    def arrive(self) -> bool:
+        """Count one of the two events; True for the one that completes the pair."""
+        with self._lock:
+            self._pending -= 1
+            return self._pending == 0
+
+
 class _CountingResponses:
     """The streaming call object, unchanged but for counting the responses read from it."""
 
-    __slots__ = ("_call", "_record")
+    __slots__ = ("_call", "_end", "_pipe", "_reading", "_record")
 
-    def __init__(self, call: Any, record: CallRecord) -> None:
+    def __init__(self, call: Any, record: CallRecord, pipe: Pipeline, end: _StreamEnd) -> None:
         self._call = call
         self._record = record
+        self._pipe = pipe
+        self._end = end
+        self._reading = True
 
     def __iter__(self) -> _CountingResponses:
         return self
 
     def __next__(self) -> Any:
-        item = next(self._call)
+        try:
+            item = next(self._call)
+        except BaseException:
+            self._stop_reading()
+            raise
         self._record.msgs_in += 1
         return item
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            if self._end.arrive():
+                self._pipe.finish(self._record)
+
+    def __del__(self) -> None:
+        # The application dropped the stream without reading to the end.
+        try:
+            self._stop_reading()
+        except Exception:  # noqa: S110 - never raise from a finaliser
+            pass
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
+
 from rpcscope.collector._core import (
     CallRecord,
     MethodInfo,
