@@ -1,0 +1,51 @@
+"""grpc.aio server and client interceptors: every RPC kind x every outcome, exact telemetry.
+
+Mirrors tests/test_server.py for ``grpc.aio``: an instrumented aio client calls an instrumented
+aio server (same Scope) inside ``asyncio.run``; both sides' samples and log records are asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import grpc
+import pytest
+from _calls import KINDS, OUTCOMES, STATUS, call_aio, check_log, check_metrics, labels
+from conftest import aio_server
+
+import rpcscope
+from rpcscope.testing import sample_value, wait_for_logs
+
+
+async def wait_handled(registry: object, side: str, kind: str, code: str,
+                       timeout: float = 5.0) -> None:
+    name, want = f"grpc_{side}_handled_total", labels(kind, grpc_code=code)
+    for _ in range(int(timeout / 0.005)):
+        if sample_value(registry, name, want):  # type: ignore[arg-type]
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{name}{want} never appeared")
+
+
+@pytest.mark.parametrize("outcome", list(OUTCOMES), ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_aio_call_telemetry(kind: str, outcome: str, scope: rpcscope.Scope,
+                            handler_sleeping: threading.Event) -> None:
+    o = OUTCOMES[outcome]
+
+    async def scenario() -> grpc.StatusCode:
+        async with aio_server(scope.aio_server_interceptors()) as port, grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", interceptors=scope.aio_client_interceptors()) as channel:
+            seen = await call_aio(channel, kind, o, reached=handler_sleeping.is_set)
+            # Both sides finish in callbacks on this loop (a cancelled server handler, the
+            # client's done-callback): wait for them before the loop closes.
+            for side in ("server", "client"):
+                await wait_handled(scope.registry, side, kind, o.code)
+            return seen.code
+
+    assert asyncio.run(scenario()) is STATUS[o.code]
+    for side in ("server", "client"):
+        check_metrics(scope.registry, side, kind, o)
+        [doc] = wait_for_logs(scope, 1, component=side, method=kind)
+        check_log(doc, side, kind, o)
