@@ -200,16 +200,24 @@ class Pipeline:
         record = CallRecord(info)
         record.peer = peer
         record.deadline = deadline
-        try:
-            mm = info.metrics
-            if mm is not None:
+        # One guard per consumer: a failing one must not cost the call the others (a broken
+        # counter must not lose the trace ids). try blocks are free in 3.11 when nothing raises.
+        mm = info.metrics
+        if mm is not None:
+            try:
                 mm.started.inc()
-            if self.tracing is not None:
+            except Exception:
+                self.errors.record("start:metrics")
+        if self.tracing is not None:
+            try:
                 self.tracing.start(record, metadata)
-            if metadata and self._allow_metadata and self.sink is not None:
+            except Exception:
+                self.errors.record("start:tracing")
+        if metadata and self._allow_metadata and self.sink is not None:
+            try:
                 record.metadata = self._pick_metadata(metadata)
-        except Exception:
-            self.errors.record("start")
+            except Exception:
+                self.errors.record("start:metadata")
         return record
 
     def _pick_metadata(self, metadata: Any) -> dict[str, str] | None:
@@ -223,18 +231,26 @@ class Pipeline:
 
     def finish(self, record: CallRecord) -> None:
         """Close a record: metrics, span, access log. Never raises."""
-        try:
-            record.duration_ns = perf_counter_ns() - record.start_ns
-            record.end_wall_ns = time_ns()
-            mm = record.info.metrics
-            if mm is not None:
+        record.duration_ns = perf_counter_ns() - record.start_ns
+        record.end_wall_ns = time_ns()
+        # Guarded one by one, as in start(): a metrics failure must not leave the span open
+        # (and the trace ids set in this context) or lose the access-log record.
+        mm = record.info.metrics
+        if mm is not None:
+            try:
                 mm.finish(record)
-            if self.tracing is not None:
+            except Exception:
+                self.errors.record("finish:metrics")
+        if self.tracing is not None:
+            try:
                 self.tracing.finish(record)
-            if self.sink is not None:
+            except Exception:
+                self.errors.record("finish:tracing")
+        if self.sink is not None:
+            try:
                 self.sink.emit_call(record)
-        except Exception:
-            self.errors.record("finish")
+            except Exception:
+                self.errors.record("finish:log")
 
 
 def _redact(key: str, value: Any) -> str:
