@@ -41,7 +41,12 @@ class _ClientBase:
         self._table = table
 
     def _open(self, details: Any, grpc_type: str) -> CallRecord | None:
-        info: MethodInfo | None = self._table.lookup(_method_name(details.method), grpc_type)
+        try:
+            info: MethodInfo | None = self._table.lookup(_method_name(details.method), grpc_type)
+        except Exception:
+            # e.g. a user method_filter that raises: the call goes out uninstrumented.
+            self._pipe.errors.record("lookup")
+            return None
         if info is None:
             return None
         return self._pipe.start(info, None, None, details.timeout)
