@@ -197,11 +197,8 @@ async def call_aio(channel: grpc.aio.Channel, kind: str, outcome: Outcome,
             await _await_reached(reached)
         call.cancel()
         try:
-            if streaming_out:
-                async for r in call:
-                    responses.append(r)
-            else:
-                await call
+            # Keep to read() after read(): grpc forbids mixing it with iteration on one call.
+            await (call.read() if streaming_out else call)
         except asyncio.CancelledError:
             pass
         return Observed(await call.code(), await call.details(), await trailing(), responses)
