@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 
 from rpcscope.example_shop import loadgen, server, shop_pb2, shop_pb2_grpc
 from rpcscope.example_shop.server import Fault
@@ -239,6 +242,44 @@ def test_aio_servicer_outcomes(outcome: tuple[Fault, float | None, object]) -> N
         return codes
 
     assert asyncio.run(run()) == dict.fromkeys(server.METHODS, expected_code)
+
+
+# --- the checked-in stubs ---------------------------------------------------------------------
+
+SHOP_DIR = Path(server.__file__).parent
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_checked_in_stubs_match_the_proto(tmp_path: Path) -> None:
+    protoc = pytest.importorskip("grpc_tools.protoc")
+    out = tmp_path / "shop.pb"
+    argv = ["protoc", f"-I{SHOP_DIR}", f"--descriptor_set_out={out}", str(SHOP_DIR / "shop.proto")]
+    assert protoc.main(argv) == 0
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    for message in fresh.message_type:  # gencode drops json_name; so does the comparison
+        for field in message.field:
+            field.ClearField("json_name")
+    checked_in = descriptor_pb2.FileDescriptorProto.FromString(shop_pb2.DESCRIPTOR.serialized_pb)
+    assert fresh == checked_in, "shop.proto changed: run examples/shop/regen.sh"
+
+
+def _lower_bound(package: str) -> tuple[int, ...]:
+    found = re.search(rf'"{package}>=([0-9.]+)', PYPROJECT.read_text())
+    assert found, f"no {package}>= bound in pyproject.toml"
+    return tuple(int(part) for part in found.group(1).split("."))
+
+
+def test_stubs_load_on_the_oldest_supported_grpcio() -> None:
+    # The generated module refuses (or warns) on a grpcio older than the generator.
+    generated = tuple(int(p) for p in shop_pb2_grpc.GRPC_GENERATED_VERSION.split("."))
+    assert generated <= _lower_bound("grpcio")
+    # protoc >= 27 also pins the protobuf runtime; it must not exceed our protobuf bound.
+    pin = re.search(
+        r"ValidateProtobufRuntimeVersion\(\s*\S+,\s*(\d+),\s*(\d+),\s*(\d+)",
+        (SHOP_DIR / "shop_pb2.py").read_text(),
+    )
+    if pin:
+        assert tuple(int(v) for v in pin.groups()) <= _lower_bound("protobuf")
 
 
 # --- fault configuration ---------------------------------------------------------------------

@@ -6,13 +6,15 @@
 #
 # Why a pinned generator: generated stubs refuse to load on a runtime older than the generator
 # (shop_pb2_grpc.py checks GRPC_GENERATED_VERSION against grpc.__version__, shop_pb2.py checks
-# the protobuf gencode version). pyproject.toml promises grpcio>=1.66, so the stubs must come
-# from grpcio-tools 1.66.0 (protoc 27.2 -> protobuf gencode 5.27.2), whatever newer grpcio-tools
-# the development venv has. The script uses $PYTHON if its grpc_tools is exactly that version, and
-# otherwise builds a private generator venv under ${XDG_CACHE_HOME:-~/.cache}/rpcscope.
+# the protobuf gencode version). pyproject.toml promises grpcio>=1.66 and protobuf>=5.27, so the
+# stubs come from grpcio-tools 1.65.5 (GRPC_GENERATED_VERSION 1.65.5, protoc 26.1 -> protobuf
+# gencode 5.26.1), below both bounds, whatever newer grpcio-tools the development venv has.
+# tests/test_shop.py checks both pins against pyproject.toml, and the descriptor against
+# shop.proto. The script uses $PYTHON if its grpcio-tools is exactly that version, and otherwise
+# builds a private generator venv under ${XDG_CACHE_HOME:-~/.cache}/rpcscope.
 set -euo pipefail
 
-GRPC_TOOLS_VERSION="1.66.0"
+GRPC_TOOLS_VERSION="1.65.5"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mode="${1:-write}"
 
