@@ -126,12 +126,8 @@ async def _aio_extra(channel: grpc.aio.Channel) -> list[Observed]:
     for path, streaming in ((f"/{TRAILERS}/Abort", False), (f"/{TRAILERS}/Stream", True),
                             ("/no.such.Service/Nope", False)):
         call = (channel.unary_stream if streaming else channel.unary_unary)(path)(b"x")
-        got = []
         try:
-            if streaming:
-                got = [r async for r in call]
-            else:
-                got = [await call]
+            got = [r async for r in call] if streaming else [await call]
         except grpc.aio.AioRpcError as e:
             seen.append(Observed(e.code(), e.details(), tuple(e.trailing_metadata() or ())))
             continue
