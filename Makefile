@@ -9,12 +9,15 @@ DEMO_ARGS ?= --duration 20
 
 .PHONY: demo test lint typecheck unit bench os-deps venv generate check-generated clean
 
-# The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool.
+# The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool, and
+# Ruby (the Fluentd config's record_transformer expressions are evaluated on sample records).
+OS_PACKAGES := prometheus prometheus-alertmanager ruby
 os-deps:
-	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
+	    || ! command -v ruby >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q prometheus prometheus-alertmanager; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(OS_PACKAGES); \
 	fi
 
 $(VENV)/.installed: pyproject.toml
