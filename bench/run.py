@@ -236,7 +236,7 @@ class Slot:
 
     def sane(self) -> bool:
         """Did the instrumentation record every call we made (and log/trace each, where on)?"""
-        return all(v == self.sent for v in self.observed.values())
+        return bool(self.observed) and all(v == self.sent for v in self.observed.values())
 
 
 def measure(slot: Slot, clients: Clients, calls: int, rep: int) -> None:
@@ -588,6 +588,9 @@ def render(
     for slot in slots:
         if slot.skipped or slot.config == BARE:
             continue
+        if slot.failure:
+            out.append(f"| {slot.mode} | {slot.config} | {slot.sent} | — | failed, see above |")
+            continue
         seen = ", ".join(f"{k} {v}" for k, v in slot.observed.items()) or "—"
         out.append(
             f"| {slot.mode} | {slot.config} | {slot.sent} | {seen} | "
@@ -634,9 +637,10 @@ def render(
         "is the server's alone.",
         "- The noise band is the bracket in the table. Differences smaller than it are not "
         "results; raise `--calls`/`--reps` to narrow it.",
-        "- `--profile CONFIG` reruns one config under cProfile (every handler thread) and "
-        "prints where its time goes; profiling inflates the numbers, so it never writes this "
-        "file.",
+        "- `--profile CONFIG` reruns one config under cProfile (every thread, timed in "
+        "per-thread CPU) and prints where its time goes; profiling inflates the numbers, so "
+        "it never writes this file. `--configs noop-interceptor,noop-context-reads,...` adds "
+        "the diagnostic floors to a run.",
         "",
     ]
     return "\n".join(out)
