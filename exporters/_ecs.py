@@ -144,8 +144,21 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
         doc["error.stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
     extras = {k: v for k, v in vars(record).items() if k not in _RESERVED and k not in _OWN}
     if extras:
-        doc["labels"] = {k: v if isinstance(v, str | int | float | bool) else repr(v)
-                         for k, v in extras.items()}
+        labels: dict[str, Any] = {}
+        dropped: list[str] = []
+        for k, v in extras.items():
+            if isinstance(v, str | int | float | bool):
+                labels[k] = v
+                continue
+            try:
+                labels[k] = repr(v)
+            except Exception:
+                # One value that cannot even be shown must not cost the whole record.
+                dropped.append(f"labels.{k}")
+        if labels:
+            doc["labels"] = labels
+        if dropped:
+            doc["rpcscope.dropped_fields"] = dropped
     return doc
 
 

@@ -60,7 +60,13 @@ class StreamSink(LineSink):
 
     def write_lines(self, lines: Sequence[str]) -> int:
         stream = self._stream if self._stream is not None else sys.stdout
-        stream.write("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:
+            # A lone surrogate (e.g. a filename decoded with surrogateescape) cannot be encoded
+            # by a strict UTF-8 stdout; escape it rather than lose the whole batch.
+            stream.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
         stream.flush()
         return len(lines)
 
@@ -75,7 +81,10 @@ class FileSink(LineSink):
 
     def write_lines(self, lines: Sequence[str]) -> int:
         if self._file is None or self._pid != os.getpid():
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
+            # backslashreplace: a lone surrogate in one record is escaped (valid JSON: \udcff)
+            # instead of failing the write of the whole batch.
+            self._file = open(self.path, "a", encoding="utf-8",  # noqa: SIM115 - long-lived
+                              errors="backslashreplace")
             self._pid = os.getpid()
         self._file.write("\n".join(lines) + "\n")
         self._file.flush()
