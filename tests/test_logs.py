@@ -79,7 +79,7 @@ def test_only_allowlisted_metadata_is_logged(scope: rpcscope.Scope,
     assert logged["user-agent"].startswith("grpc-python")
 
 
-# --- application logs ---------------------------------------------------------------------------
+# --- application logs
 
 APP_LOGGER = "tests.app"
 
@@ -169,7 +169,7 @@ def test_current_trace_ids_inside_and_outside_a_call(scope: rpcscope.Scope,
     assert rpcscope.current_trace_ids() is None
 
 
-# --- sink selection ------------------------------------------------------------------------------
+# --- sink selection
 
 
 def _one_call(scope: rpcscope.Scope, serve_sync: Callable[..., int],
@@ -230,7 +230,7 @@ def test_access_log_kwarg_beats_env(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert not (tmp_path / "env.jsonl").exists()
 
 
-# --- loss accounting -------------------------------------------------------------------------------
+# --- loss accounting
 
 
 def test_bad_field_loses_that_field_only(tmp_path: Path, app_logger: logging.Logger) -> None:
