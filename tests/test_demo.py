@@ -223,6 +223,30 @@ def test_busy_metrics_port_is_a_clear_error(
     assert "--metrics-port 0" in capsys.readouterr().err
 
 
+def test_busy_shop_port_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status = _cli.main(
+            [
+                "demo",
+                "--duration",
+                "1",
+                "--shop-port",
+                str(port),
+                "--metrics-port",
+                "0",
+                "--access-log",
+                str(tmp_path / "access.log"),
+            ]
+        )
+    assert status == 2
+    assert "--shop-port 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -295,15 +295,23 @@ class ShopStage:
         faults = server.parse_faults(
             args.fault, base=None if args.no_faults else server.DEMO_FAULTS
         )
-        if args.mode == "aio":
-            run.loop = _LoopThread()
-            self._server, port = run.loop.run(
-                server.serve_aio(run.scope, args.shop_port, faults=faults, seed=args.seed)
-            )
-        else:
-            self._server, port = server.serve(
-                run.scope, args.shop_port, faults=faults, seed=args.seed
-            )
+        try:
+            if args.mode == "aio":
+                run.loop = _LoopThread()
+                self._server, port = run.loop.run(
+                    server.serve_aio(run.scope, args.shop_port, faults=faults, seed=args.seed)
+                )
+            else:
+                self._server, port = server.serve(
+                    run.scope, args.shop_port, faults=faults, seed=args.seed
+                )
+        except RuntimeError as error:  # grpcio's "Failed to bind to address"
+            if run.loop is not None:
+                run.loop.close()
+            raise _DemoError(
+                f"the shop cannot listen on port {args.shop_port} ({error}); pass --shop-port 0 "
+                "to pick a free one"
+            ) from None
         run.target = f"127.0.0.1:{port}"
 
     def finish(self, run: DemoRun) -> None:
