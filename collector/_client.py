@@ -334,15 +334,28 @@ async def _aio_counted(call: Any, record: CallRecord) -> AsyncIterator[Any]:
         yield response
 
 
-async def _aio_requests(requests: Any, record: CallRecord) -> AsyncIterator[Any]:
+def _aio_requests(requests: Any, record: CallRecord) -> Any:
+    """Count requests without changing their kind: grpc.aio treats a plain iterator and an async
+    iterator differently (e.g. how an expiring deadline surfaces), so a sync one stays sync."""
     if hasattr(requests, "__aiter__"):
-        async for item in requests:
-            record.msgs_out += 1
-            yield item
-    else:
-        for item in requests:
-            record.msgs_out += 1
-            yield item
+        return _AsyncCountingRequests(requests, record)
+    return _CountingRequests(requests, record)
+
+
+class _AsyncCountingRequests:
+    __slots__ = ("_it", "_record")
+
+    def __init__(self, requests: Any, record: CallRecord) -> None:
+        self._it = requests.__aiter__()
+        self._record = record
+
+    def __aiter__(self) -> _AsyncCountingRequests:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self._it.__anext__()
+        self._record.msgs_out += 1
+        return item
 
 
 def aio_client_interceptors(pipe: Pipeline, table: MethodTable) -> list[Any]:
