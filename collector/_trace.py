@@ -28,9 +28,9 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
 )
-from rpcscope.collector._core import CURRENT_IDS, SERVER, CallRecord, is_server_fault
 
 from rpcscope import schema
+from rpcscope.collector._core import CURRENT_IDS, SERVER, CallRecord, is_server_fault
 
 TRACEPARENT: Final = "traceparent"
 _GRPC_NUMERIC: Final = {name: code.value[0] for code, name in schema.GO_CODE_NAMES.items()}
