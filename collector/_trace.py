@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+from time import monotonic
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -83,18 +84,31 @@ _GETTER: Final = _MetadataGetter()
 class Tracing:
     """Starts/finishes the trace side of a call record; see module doc for the two modes."""
 
+    #: How often to look again for a TracerProvider configured after the Scope was built.
+    RECHECK_SECONDS: Final = 1.0
+
     def __init__(self, tracer_name: str = "rpcscope") -> None:
         self._tracer_name = tracer_name
-        self._provider: Any = None
         self._tracer: Any = None
+        self._next_check = 0.0
 
     def _otel_tracer(self) -> Any:
+        """The OTel tracer when a real provider is configured, else None.
+
+        ``get_tracer_provider()`` reads ``os.environ`` on every call (about 1 µs); OTel allows
+        the global provider to be set only once, so a real one found stays, and until one is
+        found we look again at most once a second instead of on every RPC.
+        """
+        if self._tracer is not None:
+            return self._tracer
+        now = monotonic()
+        if now < self._next_check:
+            return None
+        self._next_check = now + self.RECHECK_SECONDS
         provider = trace.get_tracer_provider()
         if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
             return None
-        if provider is not self._provider:
-            self._provider = provider
-            self._tracer = provider.get_tracer(self._tracer_name)
+        self._tracer = provider.get_tracer(self._tracer_name)
         return self._tracer
 
     # -- server ---------------------------------------------------------------------------------
