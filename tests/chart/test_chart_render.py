@@ -527,3 +527,44 @@ def test_dashboards_only_reference_provisioned_datasources(rendered: Get) -> Non
     for uid, kind in refs:
         assert uid in provisioned, f"dashboard datasource {uid!r} is not provisioned"
         assert kind in ("", provisioned[uid]), (uid, kind)
+
+
+def _referenced_secrets(spec: dict[str, Any]) -> set[str]:
+    names = set()
+    for v in spec.get("volumes", []):
+        if "secret" in v:
+            names.add(v["secret"]["secretName"])
+        for src in v.get("projected", {}).get("sources", []):
+            if "secret" in src:
+                names.add(src["secret"]["name"])
+    for c in _containers(spec):
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+    return names
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "all-on"])
+def test_every_secret_a_pod_mounts_is_rendered_or_named_in_values(
+    rendered: Get, scenario: str
+) -> None:
+    """A missing Secret leaves a pod in ContainerCreating forever; catch it at render time."""
+    r = rendered(scenario)
+    rendered_secrets = {s["metadata"]["name"] for s in r.of_kind("Secret")}
+    user_given = json.dumps(SCENARIOS[scenario])
+    for obj, _, spec in r.pods():
+        for name in _referenced_secrets(spec):
+            assert name in rendered_secrets or f'"{name}"' in user_given, (
+                f"{obj['kind']}/{obj['metadata']['name']} mounts Secret {name}, never rendered"
+            )
+
+
+def test_grafana_reads_logs_as_the_read_only_user_not_elastic(rendered: Get) -> None:
+    r = rendered("defaults")
+    spec = r.get("Deployment", r.name("grafana"))["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    secret = vols["es-credentials"]["secret"]["secretName"]
+    if r.find("Secret", secret) is None:
+        pytest.skip("in-chart Elasticsearch not rendered")
+    assert r.secret_data(secret)["username"] != b"elastic"

@@ -26,13 +26,16 @@ egress is blocked by the NetworkPolicies anyway) merged under `grafana.grafana.i
 {{/*
 rpcscope-stack.grafana.esSecrets: where Grafana reads Elasticsearch credentials and CA from, as
 JSON {"credentials": "<Secret name>", "ca": "<Secret name or empty>"}.
-In-chart Elasticsearch: `<es>-credentials` (keys `username`, `password`) and `<es>-tls`
-(key `ca.crt`). External: `elasticsearch.external.credentialsSecret` / `.caSecret`.
+In-chart Elasticsearch: the read-only `rpcscope_grafana` user the setup Job creates, in
+`<fullname>-grafana-elasticsearch-credentials` (keys `username`, `password`), and `<es>-tls`
+(key `ca.crt`). Grafana never gets the `elastic` superuser. External:
+`elasticsearch.external.credentialsSecret` / `.caSecret`.
 */}}
 {{- define "rpcscope-stack.grafana.esSecrets" -}}
 {{- if .Values.elasticsearch.enabled -}}
 {{- $es := include "rpcscope-stack.componentName" (dict "ctx" . "component" "elasticsearch") -}}
-{{- toJson (dict "credentials" (printf "%s-credentials" $es) "ca" (printf "%s-tls" $es)) -}}
+{{- $reader := include "rpcscope-stack.componentName" (dict "ctx" . "component" "grafana-elasticsearch") -}}
+{{- toJson (dict "credentials" (printf "%s-credentials" $reader) "ca" (printf "%s-tls" $es)) -}}
 {{- else -}}
 {{- toJson (dict "credentials" .Values.elasticsearch.external.credentialsSecret "ca" .Values.elasticsearch.external.caSecret) -}}
 {{- end -}}
