@@ -147,6 +147,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         {"kibana": {"enabled": False}, "elasticsearchExporter": {"enabled": False}},
     ),
     "external-es": _EXTERNAL_ES,
+    "multi-node-es": {"elasticsearch": {"replicas": 3}},
     "external-prometheus": {
         "prometheus": {
             "enabled": False,
@@ -180,6 +181,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             },
         },
         "grafana": {"grafana.ini": {"server": {"root_url": "https://grafana.example.com"}}},
+        "elasticsearch": {"replicas": 3},
+        "kibana": {"replicas": 2},
         "networkPolicy": {
             "grafanaFrom": [
                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}

@@ -23,7 +23,14 @@ Get = Callable[[str], Rendered]
 pytest.importorskip("checkov", reason="checkov is not installed in this environment")
 
 SKIPS_FILE = Path(__file__).with_name("checkov_skips.yaml")
-SCANNED = ["defaults", "all-on", "external-es", "external-prometheus", "fluentd-only"]
+SCANNED = [
+    "defaults",
+    "all-on",
+    "external-es",
+    "external-prometheus",
+    "fluentd-only",
+    "multi-node-es",
+]
 
 
 def _checkov() -> list[str]:

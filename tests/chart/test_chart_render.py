@@ -71,7 +71,25 @@ def test_scenario_renders_well_formed_objects(rendered: Get, scenario: str) -> N
         assert labels.get("app.kubernetes.io/instance") == r.release, f"{kind}/{meta['name']}"
 
 
-@pytest.mark.parametrize("scenario", ["defaults", "all-on", "external-es", "fluentd-only"])
+def test_defaults_run_every_component(rendered: Get) -> None:
+    """`helm install` with no values gives the whole stack (plus the setup and test hooks)."""
+    assert rendered("defaults").components() == {
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "elasticsearch",
+        "elasticsearch-setup",
+        "kibana",
+        "fluentd",
+        "fluentd-aggregator",
+        "elasticsearch-exporter",
+        "test",
+    }
+
+
+@pytest.mark.parametrize(
+    "scenario", ["defaults", "all-on", "external-es", "fluentd-only", "multi-node-es"]
+)
 def test_helm_lint_is_clean(scenario: str) -> None:
     report = helm_python.lint(str(CHART_DIR), SCENARIOS[scenario], strict=True, namespace=NAMESPACE)
     # Severity 1 is INFO ("icon is recommended"); warnings and errors must be zero.
