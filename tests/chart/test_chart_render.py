@@ -586,3 +586,16 @@ def test_grafana_reads_logs_as_the_read_only_user_not_elastic(rendered: Get) -> 
     if r.find("Secret", secret) is None:
         pytest.skip("in-chart Elasticsearch not rendered")
     assert r.secret_data(secret)["username"] != b"elastic"
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "all-on"])
+def test_notes_password_commands_name_rendered_secrets_and_keys(
+    rendered: Get, scenario: str
+) -> None:
+    r = rendered(scenario)
+    commands = re.findall(r"get secret (\S+) -o jsonpath='\{\.data\.([^}]+)\}'", r.notes)
+    assert len(commands) >= 2  # Grafana and Kibana
+    for secret, key in commands:
+        assert key in r.secret_data(secret), (secret, key)
+    for secret in re.findall(r"Secret (\S+), key", r.notes):
+        assert r.find("Secret", secret.rstrip(";,")) is not None, secret
