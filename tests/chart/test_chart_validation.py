@@ -151,12 +151,33 @@ def test_invalid_combination_fails_naming_the_value_to_set(
     assert render(merge(bad, fix)).objects
 
 
+def test_too_long_a_name_prefix_fails_naming_the_fix() -> None:
+    release = "observability-platform-prod-eu-west"  # + "-rpcscope-stack" = 50 characters
+    message = render_error({}, release=release)
+    assert "fullnameOverride" in message and "shorter release name" in message
+    assert render({"fullnameOverride": "obs-prod-eu-west"}, release=release).objects
+
+
+def test_longest_allowed_prefix_gives_valid_distinct_names() -> None:
+    r = render({"fullnameOverride": "x" * 38}, release="r")
+    seen = set()
+    for obj in r.objects:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        assert (kind, name) not in seen, f"{kind}/{name} collides"
+        seen.add((kind, name))
+        if kind == "Service":
+            assert len(name) <= 63, name
+        if kind == "StatefulSet":
+            assert len(name) <= 52, name  # pods carry a controller-revision-hash label
+
+
 def test_every_fail_in_validation_tpl_has_a_case() -> None:
     """A new `fail` in _validation.tpl without a case above is caught here."""
     text = (CHART_DIR / "templates" / "_validation.tpl").read_text()
     fail_calls = len(re.findall(r"\{\{-?\s*fail\b", text))
-    # The route check runs for the top route and, recursively, for child routes: two cases.
-    assert len(CASES) == fail_calls + 1
+    # The route check runs for the top route and, recursively, for child routes (two cases);
+    # the name-length check has its own test above.
+    assert len(CASES) + 1 == fail_calls + 1
 
 
 @pytest.mark.parametrize(

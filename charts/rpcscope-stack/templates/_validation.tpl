@@ -7,6 +7,14 @@ tests/chart/test_validation.py.
 {{- define "rpcscope-stack.validate" -}}
 {{- $v := .Values -}}
 
+{{- /* Names: the longest component object is "<fullname>-elasticsearch-exporter" (and Services
+must fit 63 characters); StatefulSet names must fit 52 for their pods' revision-hash label. A
+longer prefix would be truncated into colliding names, so refuse it up front. */ -}}
+{{- $full := include "rpcscope-stack.fullname" . -}}
+{{- if gt (len $full) 38 -}}
+{{- fail (printf "the name prefix %q is %d characters, more than 38: component names would be truncated and collide. Use a shorter release name, or set fullnameOverride (at most 38 characters)" $full (len $full)) -}}
+{{- end -}}
+
 {{- /* Grafana needs a Prometheus to query. */ -}}
 {{- if and $v.grafana.enabled (not $v.prometheus.enabled) (not $v.prometheus.external.url) -}}
 {{- fail "prometheus.enabled is false but Grafana needs a Prometheus: set prometheus.external.url (e.g. http://prometheus-operated.monitoring:9090) or prometheus.enabled=true" -}}

@@ -120,5 +120,7 @@ Args: (dict "ctx" $ "file" "files/dashboards/x.json")
 */}}
 {{- define "rpcscope-stack.grafana.dashboardConfigMapName" -}}
 {{- $base := base .file | trimSuffix ".json" | lower | replace "_" "-" | replace "." "-" -}}
-{{- printf "%s-dash-%s" (include "rpcscope-stack.componentName" (dict "ctx" .ctx "component" "grafana")) $base | trunc 63 | trimSuffix "-" -}}
+{{- /* Readable prefix, truncated, plus a hash of the file name so two long names never collide. */ -}}
+{{- $prefix := printf "%s-dash-%s" (include "rpcscope-stack.componentName" (dict "ctx" .ctx "component" "grafana")) $base | trunc 54 | trimSuffix "-" -}}
+{{- printf "%s-%s" $prefix (base .file | sha256sum | trunc 8) -}}
 {{- end -}}
