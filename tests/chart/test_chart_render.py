@@ -599,3 +599,24 @@ def test_notes_password_commands_name_rendered_secrets_and_keys(
         assert key in r.secret_data(secret), (secret, key)
     for secret in re.findall(r"Secret (\S+), key", r.notes):
         assert r.find("Secret", secret.rstrip(";,")) is not None, secret
+
+
+def _claims(r: Rendered) -> dict[str, dict[str, Any]]:
+    """Every PVC spec the render asks for: PVC objects and StatefulSet claim templates."""
+    out = {p["metadata"]["name"]: p["spec"] for p in r.of_kind("PersistentVolumeClaim")}
+    for sts in r.of_kind("StatefulSet"):
+        for tmpl in sts["spec"].get("volumeClaimTemplates", []):
+            out[f"{sts['metadata']['name']}/{tmpl['metadata']['name']}"] = tmpl["spec"]
+    return out
+
+
+def test_storage_class_global_default_component_override_and_dash() -> None:
+    r = render(
+        {"global": {"storageClass": "fast"}, "grafana": {"persistence": {"storageClass": "-"}}}
+    )
+    claims = _claims(r)
+    assert len(claims) >= 3
+    for name, spec in claims.items():
+        want = "" if name == r.name("grafana") else "fast"
+        assert spec.get("storageClassName") == want, name
+    assert all("storageClassName" not in s for s in _claims(render({})).values())
