@@ -160,3 +160,27 @@ def test_user_ca_is_used_and_no_chart_ca_is_created(chart: Path, tmp_path: Path)
     demo = r.secret_data(f"{r.name('demo')}-tls")
     assert demo["ca.crt"] == donor.secret_data(ca_secret["metadata"]["name"])["tls.crt"]
     assert _openssl_verify(tmp_path, demo["ca.crt"], demo["tls.crt"]).returncode == 0
+
+
+def test_certificates_are_reissued_when_the_ca_changes(chart: Path, tmp_path: Path) -> None:
+    """Switching to your own CA must not keep certificates the new CA never signed."""
+    first = render({}, chart_dir=chart)
+    demo = f"{first.name('demo')}-tls"
+    ca_secret = next(s for s in first.of_kind("Secret") if s["metadata"]["name"].endswith("-ca"))
+    other = render({}, chart_dir=chart)  # a second, unrelated CA
+    other_ca = next(s for s in other.of_kind("Secret") if s["metadata"]["name"].endswith("-ca"))
+    user_ca = {**other_ca, "metadata": {"name": "corp-ca", "namespace": "observability"}}
+    with_existing_secrets(chart, [*first.of_kind("Secret"), user_ca])
+    second = render({"global": {"tls": {"existingCASecret": "corp-ca"}}}, chart_dir=chart)
+    new = second.secret_data(demo)
+    assert new["tls.crt"] != first.secret_data(demo)["tls.crt"]
+    assert new["ca.crt"] == other.secret_data(other_ca["metadata"]["name"])["tls.crt"]
+    assert new["ca.crt"] != first.secret_data(ca_secret["metadata"]["name"])["tls.crt"]
+    res = _openssl_verify(tmp_path, new["ca.crt"], new["tls.crt"])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_generated_ca_is_kept_on_uninstall(chart: Path) -> None:
+    r = render({}, chart_dir=chart)
+    ca = next(s for s in r.of_kind("Secret") if s["metadata"]["name"].endswith("-ca"))
+    assert ca["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

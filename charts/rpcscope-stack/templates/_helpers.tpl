@@ -253,8 +253,9 @@ Args: $ (root context)
 {{/*
 rpcscope-stack.tlsCert: a server certificate for a component, signed by the stack CA, as JSON
 {"tls.crt", "tls.key", "ca.crt"} (base64, ready for a Secret's `data:`).
-Reuses the certificate in the existing `<componentName>-tls` Secret when it is there, so
-upgrades do not rotate certificates (and do not restart every client). The SANs cover the
+Reuses the certificate in the existing `<componentName>-tls` Secret when it is there and was
+issued under the current CA (its `ca.crt` matches), so upgrades do not rotate certificates (and
+do not restart every client); a CA change reissues them. The SANs cover the
 component Service and its headless Service in short, namespaced and cluster-local forms, plus
 `extraDnsNames`.
 Args: (dict "ctx" $ "component" "elasticsearch" "extraDnsNames" (list ...))
@@ -269,7 +270,9 @@ Args: (dict "ctx" $ "component" "elasticsearch" "extraDnsNames" (list ...))
 {{- $ca := include "rpcscope-stack.ca" .ctx | fromJson -}}
 {{- $existing := include "rpcscope-stack.lookupSecret" (dict "ctx" .ctx "name" $secretName) | fromJson -}}
 {{- $data := (get $existing "data") | default dict -}}
-{{- if and (hasKey $data "tls.crt") (hasKey $data "tls.key") -}}
+{{- /* Reuse only a certificate issued under the current CA: after a CA change (another
+global.tls.existingCASecret) the old certificate would not verify against the new ca.crt. */ -}}
+{{- if and (hasKey $data "tls.crt") (hasKey $data "tls.key") (eq (get $data "ca.crt" | default "") ($ca.crt | b64enc)) -}}
 {{- $_ := set $store $cacheKey (dict "tls.crt" (get $data "tls.crt") "tls.key" (get $data "tls.key") "ca.crt" ($ca.crt | b64enc)) -}}
 {{- else -}}
 {{- $ns := .ctx.Release.Namespace -}}
