@@ -12,8 +12,9 @@ for the first response, which proves the handler is running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,22 @@ GRPC_TYPE = dict(_svc.METHODS)
 
 #: How long a handler sleeps for cancel/deadline cases, and the deadline given to the call.
 #: Sync handlers cannot be interrupted, so the sleep bounds how long those tests take.
-SLEEP = 0.4
-DEADLINE = 0.15
+SLEEP = 0.8
+DEADLINE = 0.3
+
+
+@contextlib.asynccontextmanager
+async def aio_server(interceptors: Sequence[Any] = (), handlers: Sequence[Any] | None = None
+                     ) -> AsyncIterator[int]:
+    """An aio server with the aio test service on 127.0.0.1:0, for use inside ``asyncio.run``."""
+    server = grpc.aio.server(interceptors=list(interceptors))
+    server.add_generic_rpc_handlers(tuple(handlers) if handlers else (_svc.aio_handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
 
 
 @dataclass

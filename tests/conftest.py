@@ -2,19 +2,19 @@
 
 Every server binds 127.0.0.1:0 and every test builds its own ``Scope`` on its own
 ``CollectorRegistry``, so tests never see each other's series and can run in any order.
-aio tests drive their own event loop with ``asyncio.run`` (no pytest plugin needed).
+aio tests drive their own event loop with ``asyncio.run`` (no pytest plugin needed) and
+start servers with ``_calls.aio_server``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 import threading
 import time
 import types
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,20 +105,6 @@ def sync_channel() -> Iterator[Callable[..., grpc.Channel]]:
     yield open_channel
     for channel in channels:
         channel.close()
-
-
-@contextlib.asynccontextmanager
-async def aio_server(interceptors: Sequence[Any] = (), handlers: Sequence[Any] | None = None
-                     ) -> AsyncIterator[int]:
-    """An aio server with the aio test service on 127.0.0.1:0, for use inside ``asyncio.run``."""
-    server = grpc.aio.server(interceptors=list(interceptors))
-    server.add_generic_rpc_handlers(tuple(handlers) if handlers else (_svc.aio_handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import threading
 
 import grpc
 import pytest
-from _calls import KINDS, OUTCOMES, STATUS, call_aio, check_log, check_metrics, labels
-from conftest import aio_server
+from _calls import KINDS, OUTCOMES, STATUS, aio_server, call_aio, check_log, check_metrics, labels
 
 import rpcscope
 from rpcscope.testing import sample_value, wait_for_logs

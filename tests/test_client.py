@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from _calls import labels
-from conftest import aio_server
+from _calls import aio_server, labels
 
 import rpcscope
 from rpcscope.testing import CaptureSink, sample_value, wait_for_logs, wait_until

@@ -17,8 +17,7 @@ from typing import Any
 import _svc
 import grpc
 import pytest
-from _calls import KINDS, OUTCOMES, STATUS, Observed, call_aio, call_sync, labels
-from conftest import aio_server
+from _calls import KINDS, OUTCOMES, STATUS, Observed, aio_server, call_aio, call_sync, labels
 
 import rpcscope
 from rpcscope.collector import _sharded

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import _svc
 import grpc
 import pytest
-from _calls import KINDS, OUTCOMES, STATUS, call_sync, check_log, check_metrics, labels
+from _calls import KINDS, OUTCOMES, STATUS, aio_server, call_sync, check_log, check_metrics, labels
 
 import rpcscope
 from rpcscope.testing import CaptureSink, sample_value, series, wait_for_logs, wait_until
@@ -120,7 +120,6 @@ def test_unknown_methods_collapse_into_one_series(aio: bool, scope: rpcscope.Sco
     import random
     import string
 
-    from conftest import aio_server
 
     reg = scope.registry
     rng = random.Random(7)

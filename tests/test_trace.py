@@ -9,6 +9,7 @@ from typing import Any
 import _svc
 import grpc
 import pytest
+from _calls import aio_server
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -112,7 +113,6 @@ def test_nested_call_continues_the_trace(make_scope: Callable[..., rpcscope.Scop
 def test_aio_client_writes_traceparent(scope: rpcscope.Scope) -> None:
     import asyncio
 
-    from conftest import aio_server
 
     async def reflect(request: bytes, context: Any) -> bytes:
         return dict(context.invocation_metadata()).get("traceparent", "").encode()
