@@ -1,6 +1,7 @@
 {{/*
-rpcscope-stack.grafana.ini: hardened defaults (no sign-up, no anonymous access, no phone-home:
-egress is blocked by the NetworkPolicies anyway) merged under `grafana.grafana.ini`.
+rpcscope-stack.grafana.ini: hardened defaults (no sign-up, no anonymous access, no phone-home and
+no plugin downloads at start: egress is blocked by the NetworkPolicies anyway) merged under
+`grafana.grafana.ini`.
 */}}
 {{- define "rpcscope-stack.grafana.ini" -}}
 {{- $defaults := dict
@@ -9,6 +10,7 @@ egress is blocked by the NetworkPolicies anyway) merged under `grafana.grafana.i
   "log" (dict "mode" "console")
   "analytics" (dict "reporting_enabled" "false" "check_for_updates" "false" "check_for_plugin_updates" "false" "feedback_links_enabled" "false")
   "news" (dict "news_feed_enabled" "false")
+  "plugins" (dict "preinstall_disabled" "true")
   "security" (dict "disable_gravatar" "true" "cookie_samesite" "strict" "disable_brute_force_login_protection" "false")
   "users" (dict "allow_sign_up" "false" "allow_org_create" "false")
   "auth.anonymous" (dict "enabled" "false")
