@@ -7,6 +7,7 @@ finds, Grafana is wired to the rendered Services.
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 from collections import defaultdict
@@ -620,3 +621,23 @@ def test_storage_class_global_default_component_override_and_dash() -> None:
         want = "" if name == r.name("grafana") else "fast"
         assert spec.get("storageClassName") == want, name
     assert all("storageClassName" not in s for s in _claims(render({})).values())
+
+
+def _ini(text: str) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return {s: dict(parser[s]) for s in parser.sections()}
+
+
+def test_grafana_ini_is_hardened_and_user_settings_merge_over_it(rendered: Get) -> None:
+    r = rendered("all-on")
+    ini = _ini(r.configmap_data(r.name("grafana"), "grafana.ini"))
+    assert ini["users"]["allow_sign_up"] == "false"
+    assert ini["auth.anonymous"]["enabled"] == "false"
+    assert ini["analytics"]["reporting_enabled"] == "false"
+    assert ini["server"]["root_url"] == "https://grafana.example.com"  # from values
+    assert ini["server"]["http_port"] == "3000"  # default kept beside it
+    assert "admin_password" not in ini.get("security", {})
+    override = render({"grafana": {"grafana.ini": {"users": {"allow_sign_up": "true"}}}})
+    ini2 = _ini(override.configmap_data(override.name("grafana"), "grafana.ini"))
+    assert ini2["users"]["allow_sign_up"] == "true"
