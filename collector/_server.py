@@ -120,16 +120,26 @@ class _CountingIterator:
 
 
 class _AsyncCountingIterator:
-    __slots__ = ("_it", "_record")
+    """Counts request messages the handler consumes from grpc's aio request iterator.
+
+    ``__aiter__`` is called on first use, not up front: grpc's receiver creates its generator in
+    ``__aiter__``, and a handler using ``context.read()`` instead never consumes it (Python then
+    warns "coroutine ... was never awaited" on every call).
+    """
+
+    __slots__ = ("_it", "_record", "_source")
 
     def __init__(self, it: Any, record: CallRecord) -> None:
-        self._it = it.__aiter__()
+        self._source = it
+        self._it: Any = None
         self._record = record
 
     def __aiter__(self) -> _AsyncCountingIterator:
         return self
 
     async def __anext__(self) -> Any:
+        if self._it is None:
+            self._it = self._source.__aiter__()
         item = await self._it.__anext__()
         self._record.msgs_in += 1
         return item
