@@ -28,11 +28,14 @@ class CallLineEncoder:
     def __init__(self, identity: Identity) -> None:
         self._identity = identity
         self._pid = -1
-        self._static: dict[int, tuple[MethodInfo, tuple[str, str, str, str]]] = {}
+        self._static: dict[int, tuple[MethodInfo, str]] = {}
+        self._peers: dict[tuple[str, str], str] = {}
+        self._metadatas: dict[tuple[tuple[str, str], ...], str] = {}
         self._second = -1
         self._second_text = ""
 
-    def _statics(self, info: MethodInfo) -> tuple[str, str, str, str]:
+    def _template(self, info: MethodInfo) -> str:
+        """The %-template of a successful call's line for this method, static text filled in."""
         pid = os.getpid()
         if pid != self._pid:  # forked: process.pid is part of the cached text
             self._pid = pid
@@ -53,52 +56,76 @@ class CallLineEncoder:
         head["host.name"] = HOSTNAME
         head["process.pid"] = pid
         head["event.kind"] = "event"
-        method_part = {
-            "rpc.system": "grpc",
-            "rpc.service": info.service,
-            "rpc.method": info.method,
-        }
+        method_part = {"rpc.system": "grpc", "rpc.service": info.service, "rpc.method": info.method}
         tail = {"grpc.type": info.grpc_type, "grpc.component": info.component}
         # The message prefix, escaped once, without its closing quote.
         message_prefix = _esc(f"{info.component} call {info.full_method} ")[:-1]
-        statics = (message_prefix, _inner(head), _inner(method_part), _inner(tail))
-        self._static[id(info)] = (info, statics)
-        return statics
+        template = (
+            '{"@timestamp":"%s.%06dZ","log.level":"info","message":'
+            + _pct(message_prefix) + 'OK in %.3fms",' + _pct(_inner(head))
+            + ',"event.outcome":"success","event.duration":%d,' + _pct(_inner(method_part))
+            + f',"rpc.grpc.status_code":{NUMERIC_CODE["OK"]},"grpc.code":"OK",'
+            + _pct(_inner(tail)) + ',"grpc.msgs_received":%d,"grpc.msgs_sent":%d'
+        )
+        self._static[id(info)] = (info, template)
+        return template
+
+    def _peer(self, info: MethodInfo, peer: str) -> str:
+        """The peer fragment; peers repeat per connection, so escaping is cached (bounded)."""
+        key = (info.component, peer)
+        fragment = self._peers.get(key)
+        if fragment is None:
+            name = "client.address" if info.component == "server" else "server.address"
+            fragment = f',"{name}":{_esc(peer)}'
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            self._peers[key] = fragment
+        return fragment
 
     def encode(self, record: CallRecord) -> str:
         if record.code != "OK":
             return encode_json(call_document(record, self._identity))
         info = record.info
-        message_prefix, head, method_part, tail = self._statics(info)
-        wall = record.end_wall_ns
-        second, nanos = divmod(wall, 1_000_000_000)
+        second, nanos = divmod(record.end_wall_ns, 1_000_000_000)
         if second != self._second:
             self._second = second
             self._second_text = datetime.fromtimestamp(second, tz=timezone.utc).strftime(
                 "%Y-%m-%dT%H:%M:%S"
             )
         duration = record.duration_ns
-        parts = [
-            f'{{"@timestamp":"{self._second_text}.{nanos // 1000:06d}Z","log.level":"info",'
-            f'"message":{message_prefix}OK in {duration / 1e6:.3f}ms",{head},'
-            f'"event.outcome":"success","event.duration":{duration},{method_part},'
-            f'"rpc.grpc.status_code":{NUMERIC_CODE["OK"]},"grpc.code":"OK",{tail},'
-            f'"grpc.msgs_received":{record.msgs_in},"grpc.msgs_sent":{record.msgs_out}'
-        ]
+        line = self._template(info) % (
+            self._second_text, nanos // 1000, duration / 1e6, duration,
+            record.msgs_in, record.msgs_out,
+        )
         if record.peer:
-            key = "client.address" if info.component == "server" else "server.address"
-            parts.append(f',"{key}":{_esc(record.peer)}')
+            line += self._peer(info, record.peer)
         if record.deadline is not None:
-            parts.append(f',"grpc.request.deadline_seconds":{round(record.deadline, 6)!r}')
+            line += f',"grpc.request.deadline_seconds":{round(record.deadline, 6)!r}'
         if record.trace_id:
-            parts.append(f',"trace.id":"{record.trace_id}","span.id":"{record.span_id}"')
             if record.parent_span_id:
-                parts.append(f',"parent.id":"{record.parent_span_id}"')
+                line += ',"trace.id":"%s","span.id":"%s","parent.id":"%s"' % (
+                    record.trace_id, record.span_id, record.parent_span_id)
+            else:
+                line += ',"trace.id":"%s","span.id":"%s"' % (record.trace_id, record.span_id)
         if record.metadata:
-            inner = ",".join(f"{_esc(k)}:{_esc(v)}" for k, v in record.metadata.items())
-            parts.append(f',"grpc.request.metadata":{{{inner}}}')
-        parts.append("}")
-        return "".join(parts)
+            line += self._metadata(record.metadata)
+        return line + "}"
+
+    def _metadata(self, metadata: dict[str, str]) -> str:
+        """The metadata fragment; the same few values (user agents) repeat, so cache (bounded)."""
+        key = tuple(metadata.items())
+        fragment = self._metadatas.get(key)
+        if fragment is None:
+            inner = ",".join(f"{_esc(k)}:{_esc(v)}" for k, v in key)
+            fragment = f',"grpc.request.metadata":{{{inner}}}'
+            if len(self._metadatas) >= 4096:
+                self._metadatas.clear()
+            self._metadatas[key] = fragment
+        return fragment
+
+
+def _pct(text: str) -> str:
+    return text.replace("%", "%%")
 
 
 def _inner(fields: dict[str, Any]) -> str:
