@@ -318,7 +318,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
         self._finish = _Finisher(pipe, _aio_status)
-        self._sync_finish = _Finisher(pipe, _aio_status)
+        self._sync = _SyncOnAio(pipe, table)
         self._unimplemented: Any = None
 
     async def intercept_service(self, continuation: Callable[[Any], Any],
@@ -352,7 +352,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
             if not inspect.iscoroutinefunction(behavior):
-                return handler  # sync handler on an aio server: grpc runs it in an executor
+                return self._sync.wrap(handler, info)  # grpc runs it in its executor
 
             async def unary_unary(request: Any, context: Any) -> Any:
                 record = start(info, context)
@@ -370,7 +370,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
         if handler.stream_unary is not None:
             behavior = handler.stream_unary
             if not inspect.iscoroutinefunction(behavior):
-                return handler
+                return self._sync.wrap(handler, info)
 
             async def stream_unary(request_iterator: Any, context: Any) -> Any:
                 record = start(info, context)
@@ -432,7 +432,82 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
 
             return factory(rw_stream, des, ser)
 
-        return handler  # sync generator on an aio server: leave grpc's executor path alone
+        return self._sync.wrap(handler, info)  # sync generator: grpc iterates it in its executor
+
+
+class _SyncOnAio(ServerInterceptor):
+    """Sync handlers on a ``grpc.aio`` server (run in its migration thread pool).
+
+    grpc hands them a ``_SyncServicerContext`` that has no ``code()``, ``details()`` or
+    ``is_active()``, so the status cannot be read back as on a sync server. The handler gets a
+    :class:`_StatusRecordingContext` instead, which remembers what it sets; otherwise the wrapping
+    is the sync server's. Known limit: a client cancellation is invisible to such a handler (and
+    to us) and counts as the handler's own outcome.
+    """
+
+    def wrap(self, handler: Any, info: MethodInfo) -> Any:
+        inner = self._wrap(handler, info)
+        des, ser = inner.request_deserializer, inner.response_serializer
+        if inner.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_recording(inner.unary_unary), des, ser)
+        if inner.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _recording_gen(inner.unary_stream), des, ser)
+        if inner.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(_recording(inner.stream_unary), des, ser)
+        return grpc.stream_stream_rpc_method_handler(_recording_gen(inner.stream_stream), des, ser)
+
+
+def _recording(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def call(request: Any, context: Any) -> Any:
+        return behavior(request, _StatusRecordingContext(context))
+
+    return call
+
+
+def _recording_gen(behavior: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Iterator[Any]]:
+    # A generator function on purpose: grpc.aio iterates only those in its thread pool; any
+    # other callable's iterator runs on the event loop, where a blocking handler (or abort(),
+    # which waits for the loop) would stall the server.
+    def call(request: Any, context: Any) -> Iterator[Any]:
+        yield from behavior(request, _StatusRecordingContext(context))
+
+    return call
+
+
+class _StatusRecordingContext:
+    """Context proxy remembering the status a sync handler sets (see :class:`_SyncOnAio`)."""
+
+    __slots__ = ("_code", "_context", "_details")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._code: Any = None
+        self._details: Any = None
+
+    def set_code(self, code: Any) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def set_details(self, details: Any) -> None:
+        self._details = details
+        self._context.set_details(details)
+
+    def abort(self, code: Any, details: str = "", *args: Any, **kwargs: Any) -> Any:
+        self._code, self._details = code, details
+        return self._context.abort(code, details, *args, **kwargs)
+
+    def code(self) -> Any:
+        return self._code
+
+    def details(self) -> Any:
+        return self._details
+
+    def is_active(self) -> bool:
+        return not _expired(self._context)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 class _CountingContext:
