@@ -33,10 +33,13 @@ DEADLINE = 0.3
 
 
 @contextlib.asynccontextmanager
-async def aio_server(interceptors: Sequence[Any] = (), handlers: Sequence[Any] | None = None
-                     ) -> AsyncIterator[int]:
-    """An aio server with the aio test service on 127.0.0.1:0, for use inside ``asyncio.run``."""
-    server = grpc.aio.server(interceptors=list(interceptors))
+async def aio_server(interceptors: Sequence[Any] = (), handlers: Sequence[Any] | None = None,
+                     thread_pool: Any = None) -> AsyncIterator[int]:
+    """An aio server with the aio test service on 127.0.0.1:0, for use inside ``asyncio.run``.
+
+    ``thread_pool`` is grpc's migration pool, which runs sync handlers on an aio server.
+    """
+    server = grpc.aio.server(thread_pool, interceptors=list(interceptors))
     server.add_generic_rpc_handlers(tuple(handlers) if handlers else (_svc.aio_handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
