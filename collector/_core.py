@@ -185,7 +185,8 @@ class Pipeline:
         self.tracing = tracing
         self.sink = sink
         self.errors = errors
-        self._allow_metadata = frozenset(k.lower() for k in metadata_allowlist)
+        # Redaction is decided once per allowlisted key, not per call: key → redact?
+        self._allow_metadata = {k.lower(): _must_redact(k.lower()) for k in metadata_allowlist}
 
     # -- start ------------------------------------------------------------------------------
 
@@ -221,10 +222,14 @@ class Pipeline:
         return record
 
     def _pick_metadata(self, metadata: Any) -> dict[str, str] | None:
+        allow = self._allow_metadata
         picked: dict[str, str] = {}
         for key, value in metadata:
-            if key in self._allow_metadata:
-                picked[key] = _redact(key, value)
+            redact = allow.get(key)
+            if redact is not None:
+                picked[key] = (
+                    "[REDACTED]" if redact else value if isinstance(value, str) else repr(value)
+                )
         return picked or None
 
     # -- end --------------------------------------------------------------------------------
@@ -253,11 +258,9 @@ class Pipeline:
                 self.errors.record("finish:log")
 
 
-def _redact(key: str, value: Any) -> str:
+def _must_redact(key: str) -> bool:
     """Allowlisted metadata still passes a deny check: credentials never reach a log."""
-    if key.endswith("-bin") or key in schema.ALWAYS_REDACTED_METADATA or _looks_secret(key):
-        return "[REDACTED]"
-    return value if isinstance(value, str) else repr(value)
+    return key.endswith("-bin") or key in schema.ALWAYS_REDACTED_METADATA or _looks_secret(key)
 
 
 _SECRET_HINTS: Final = ("key", "token", "secret", "password", "passwd", "auth", "session", "cookie")
@@ -265,26 +268,6 @@ _SECRET_HINTS: Final = ("key", "token", "secret", "password", "passwd", "auth", 
 
 def _looks_secret(key: str) -> bool:
     return any(hint in key for hint in _SECRET_HINTS)
-
-
-def status_from_context(context: Any, error: BaseException | None) -> tuple[str, str | None]:
-    """The RPC's final status as the *caller* will see it, read from public ServicerContext API.
-
-    Order matters: a code set by ``abort``/``set_code`` wins (grpc uses it even when the handler
-    then raises); otherwise an inactive RPC was cancelled or ran out of time; otherwise an
-    exception means Unknown (what grpc sends for an uncaught exception).
-    """
-    code = context.code()
-    if code is not None and code is not grpc.StatusCode.OK:
-        details = context.details()
-        if isinstance(details, bytes):
-            details = details.decode("utf-8", "replace")
-        return go_code(code), details or None
-    if not context.is_active():
-        return ("DeadlineExceeded" if context.time_remaining() <= 0 else "Canceled"), None
-    if error is not None:
-        return "Unknown", f"{type(error).__name__}: {error}"
-    return "OK", None
 
 
 HOSTNAME: Final = socket.gethostname()
