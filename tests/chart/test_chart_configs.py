@@ -158,6 +158,8 @@ def test_rule_plumbing_delivers_valid_rules_and_rejects_broken_ones(
         ]
     }
     bad = {"groups": [{"name": "broken", "rules": [{"alert": "X", "expr": "rate(up[5m]"}]}]}
+    # git keeps no empty folder: on a fresh clone files/rules/ does not exist yet.
+    (chart / "files" / "rules").mkdir(parents=True, exist_ok=True)
     (chart / "files" / "rules" / "good.yaml").write_text(yaml.safe_dump(good))
     (chart / "files" / "rules" / "bad.yaml").write_text(yaml.safe_dump(bad))
     r = render({}, chart_dir=chart)

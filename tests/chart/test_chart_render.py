@@ -327,6 +327,8 @@ def test_discovery_rbac_is_read_only_and_namespaced_when_asked(rendered: Get) ->
 def test_rule_files_reach_prometheus_and_operator_objects(tmp_path: Path) -> None:
     chart = copy_chart(tmp_path)
     rules = {"groups": [{"name": "t", "rules": [{"alert": "X", "expr": "up == 0"}]}]}
+    # git keeps no empty folder: on a fresh clone files/rules/ does not exist yet.
+    (chart / "files" / "rules").mkdir(parents=True, exist_ok=True)
     (chart / "files" / "rules" / "zz-test.yaml").write_text(yaml.safe_dump(rules))
     r = render(
         {"prometheus": {"operator": {"enabled": True, "labels": {"release": "kps"}}}},
