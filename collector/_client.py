@@ -254,6 +254,9 @@ class _CountingResponses:
 
 
 class _AioBase(_ClientBase):
+    """The four aio interceptor classes differ only in RPC kind; grpc.aio asks for one class
+    per kind (it dispatches on the interceptor's base class), so they share this body."""
+
     def _aio_details(self, details: Any, record: CallRecord) -> Any:
         extra = self._outgoing(record)
         if not extra:
@@ -261,70 +264,49 @@ class _AioBase(_ClientBase):
         metadata = grpc.aio.Metadata(*(details.metadata or ()), *extra)
         return details._replace(metadata=metadata)
 
-
-class AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        record = self._open(details, schema.TYPE_UNARY)
+    async def _invoke(self, continuation: Any, details: Any, request: Any, grpc_type: str,
+                      streaming_in: bool, streaming_out: bool) -> Any:
+        record = self._open(details, grpc_type)
         if record is None:
             return await continuation(details, request)
-        record.msgs_out = 1
+        if not streaming_in:
+            record.msgs_out = 1
+        elif request is not None:  # None: the caller writes with call.write()
+            request = _aio_requests(request, record)
         try:
             call = await continuation(self._aio_details(details, record), request)
         except BaseException as error:
             self._fail(record, error)
             raise
-        call.add_done_callback(self._done_callback(record, True))
-        return call
+        call.add_done_callback(self._done_callback(record, not streaming_out))
+        return _aio_counted(call, record) if streaming_out else call
+
+
+class AioUnaryUnary(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await self._invoke(continuation, details, request, schema.TYPE_UNARY,
+                                  False, False)
 
 
 class AioUnaryStream(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any
                                      ) -> Any:
-        record = self._open(details, schema.TYPE_SERVER_STREAM)
-        if record is None:
-            return await continuation(details, request)
-        record.msgs_out = 1
-        try:
-            call = await continuation(self._aio_details(details, record), request)
-        except BaseException as error:
-            self._fail(record, error)
-            raise
-        call.add_done_callback(self._done_callback(record, False))
-        return _aio_counted(call, record)
+        return await self._invoke(continuation, details, request, schema.TYPE_SERVER_STREAM,
+                                  False, True)
 
 
 class AioStreamUnary(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(self, continuation: Any, details: Any,
                                      request_iterator: Any) -> Any:
-        record = self._open(details, schema.TYPE_CLIENT_STREAM)
-        if record is None:
-            return await continuation(details, request_iterator)
-        if request_iterator is not None:
-            request_iterator = _aio_requests(request_iterator, record)
-        try:
-            call = await continuation(self._aio_details(details, record), request_iterator)
-        except BaseException as error:
-            self._fail(record, error)
-            raise
-        call.add_done_callback(self._done_callback(record, True))
-        return call
+        return await self._invoke(continuation, details, request_iterator,
+                                  schema.TYPE_CLIENT_STREAM, True, False)
 
 
 class AioStreamStream(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(self, continuation: Any, details: Any,
                                       request_iterator: Any) -> Any:
-        record = self._open(details, schema.TYPE_BIDI_STREAM)
-        if record is None:
-            return await continuation(details, request_iterator)
-        if request_iterator is not None:
-            request_iterator = _aio_requests(request_iterator, record)
-        try:
-            call = await continuation(self._aio_details(details, record), request_iterator)
-        except BaseException as error:
-            self._fail(record, error)
-            raise
-        call.add_done_callback(self._done_callback(record, False))
-        return _aio_counted(call, record)
+        return await self._invoke(continuation, details, request_iterator,
+                                  schema.TYPE_BIDI_STREAM, True, True)
 
 
 async def _aio_counted(call: Any, record: CallRecord) -> AsyncIterator[Any]:
