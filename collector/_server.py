@@ -156,8 +156,12 @@ class _ServerBase:
         pipe = self._pipe
         try:
             metadata = context.invocation_metadata()
-            peer = context.peer()
-            deadline = _deadline(context)
+            # Peer and deadline only feed the access log: skip the context calls without one.
+            if pipe.sink is not None:
+                peer = context.peer()
+                deadline = _deadline(context)
+            else:
+                peer = deadline = None
         except Exception:
             pipe.errors.record("context")
             metadata, peer, deadline = None, None, None
