@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 DEMO_ARGS ?= --duration 20
+BENCH_ARGS ?=
 
 
 .PHONY: demo test lint typecheck unit bench os-deps venv generate check-generated clean
@@ -58,7 +59,7 @@ unit: venv
 test: os-deps venv lint check-generated unit
 
 bench: venv
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
