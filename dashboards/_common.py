@@ -300,3 +300,22 @@ def finalize(builder: dashboard.Dashboard) -> dashboard_model.Dashboard:
             inner.id_val = next_id
             next_id += 1
     return model
+
+
+#: The latency quantiles every latency panel shows, one query each (refs A, B, C).
+QUANTILES: Final = (0.5, 0.9, 0.99)
+
+
+def quantiles_panel(title: str, description: str, metric: str, selector: Mapping[str, str],
+                    by: tuple[str, ...], legend_label: str) -> timeseries.Panel:
+    """A time series of p50/p90/p99 of ``metric`` by ``by``, legend ``p99 {{legend_label}}``."""
+    panel = timeseries_panel(title, description, "s")
+    for ref, q in zip("ABC", QUANTILES, strict=True):
+        panel = panel.with_target(
+            prom(
+                histogram_quantile(q, metric, selector, by),
+                f"p{round(q * 100)} {{{{{legend_label}}}}}",
+                ref,
+            )
+        )
+    return panel

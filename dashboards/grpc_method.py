@@ -28,7 +28,6 @@ CALLERS = {
     schema.LABEL_SERVICE: c.var(schema.LABEL_SERVICE),
     schema.LABEL_METHOD: c.var(schema.LABEL_METHOD),
 }
-QUANTILES = (0.5, 0.9, 0.99)
 BY_TYPE = (schema.LABEL_TYPE,)
 
 
@@ -116,20 +115,12 @@ def _summary(builder: dashboard.Dashboard) -> dashboard.Dashboard:
 
 
 def _detail(builder: dashboard.Dashboard) -> dashboard.Dashboard:
-    latency = c.timeseries_panel(
+    latency = c.quantiles_panel(
         "Latency quantiles",
         "Server handling time quantiles, by grpc_type (a method has one type; streams are "
         "timed over their whole lifetime).",
-        "s",
+        schema.SERVER_HANDLING_SECONDS, METHOD, BY_TYPE, schema.LABEL_TYPE,
     )
-    for ref, q in zip("ABC", QUANTILES, strict=True):
-        latency = latency.with_target(
-            c.prom(
-                c.histogram_quantile(q, schema.SERVER_HANDLING_SECONDS, METHOD, BY_TYPE),
-                f"p{round(q * 100)} {{{{{schema.LABEL_TYPE}}}}}",
-                ref,
-            )
-        )
     return (
         builder.with_row(dashboard.Row("Detail"))
         .with_panel(

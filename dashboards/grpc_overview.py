@@ -28,7 +28,6 @@ TARGET = {k: v for k, v in SERVER.items() if k != schema.LABEL_SERVICE}
 CLIENT = TARGET
 CLIENT_UNARY = {**CLIENT, schema.LABEL_TYPE: schema.TYPE_UNARY}
 
-QUANTILES = (0.5, 0.9, 0.99)
 BY_SERVICE = (schema.LABEL_SERVICE,)
 BY_METHOD = (schema.LABEL_SERVICE, schema.LABEL_METHOD)
 
@@ -86,20 +85,12 @@ def _summary(builder: dashboard.Dashboard) -> dashboard.Dashboard:
 
 
 def _server(builder: dashboard.Dashboard) -> dashboard.Dashboard:
-    latency = c.timeseries_panel(
+    latency = c.quantiles_panel(
         "Latency (unary)",
         "Server handling time quantiles of unary RPCs, per service. Streams are left out: "
         "their observation is the whole stream's lifetime.",
-        "s",
+        schema.SERVER_HANDLING_SECONDS, SERVER_UNARY, BY_SERVICE, schema.LABEL_SERVICE,
     )
-    for ref, q in zip("ABC", QUANTILES, strict=True):
-        latency = latency.with_target(
-            c.prom(
-                c.histogram_quantile(q, schema.SERVER_HANDLING_SECONDS, SERVER_UNARY, BY_SERVICE),
-                f"p{round(q * 100)} {{{{{schema.LABEL_SERVICE}}}}}",
-                ref,
-            )
-        )
     return (
         builder.with_row(dashboard.Row("Server"))
         .with_panel(
