@@ -319,3 +319,19 @@ def quantiles_panel(title: str, description: str, metric: str, selector: Mapping
             )
         )
     return panel
+
+
+def base_dashboard(title: str, uid: str, source: str, refresh: str = "30s"
+                   ) -> dashboard.Dashboard:
+    """The settings every rpcscope dashboard shares: generated marker, tags, read-only, time."""
+    return (
+        dashboard.Dashboard(title)
+        .uid(uid)
+        .description(generated_marker(source))
+        .tags(list(TAGS))
+        .readonly()
+        .tooltip(dashboard_model.DashboardCursorSync.CROSSHAIR)
+        .refresh(refresh)
+        .time("now-1h", "now")
+        .timezone("browser")
+    )

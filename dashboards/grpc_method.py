@@ -178,15 +178,7 @@ def _detail(builder: dashboard.Dashboard) -> dashboard.Dashboard:
 
 def build_dashboard() -> dashboard_model.Dashboard:
     builder = (
-        dashboard.Dashboard("rpcscope / gRPC method")
-        .uid(c.METHOD_UID)
-        .description(c.generated_marker(SOURCE))
-        .tags(list(c.TAGS))
-        .readonly()
-        .tooltip(dashboard_model.DashboardCursorSync.CROSSHAIR)
-        .refresh("30s")
-        .time("now-1h", "now")
-        .timezone("browser")
+        c.base_dashboard("rpcscope / gRPC method", c.METHOD_UID, SOURCE)
         .link(
             dashboard.DashboardLink("Overview")
             .type(dashboard_model.DashboardLinkType.LINK)

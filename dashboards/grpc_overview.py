@@ -326,15 +326,7 @@ def _self_telemetry(builder: dashboard.Dashboard) -> dashboard.Dashboard:
 
 def build_dashboard() -> dashboard_model.Dashboard:
     builder = (
-        dashboard.Dashboard("rpcscope / gRPC overview")
-        .uid(c.OVERVIEW_UID)
-        .description(c.generated_marker(SOURCE))
-        .tags(list(c.TAGS))
-        .readonly()
-        .tooltip(dashboard_model.DashboardCursorSync.CROSSHAIR)
-        .refresh("30s")
-        .time("now-1h", "now")
-        .timezone("browser")
+        c.base_dashboard("rpcscope / gRPC overview", c.OVERVIEW_UID, SOURCE)
         .link(
             dashboard.DashboardLink("rpcscope dashboards")
             .type(dashboard_model.DashboardLinkType.DASHBOARDS)

@@ -94,15 +94,7 @@ def build_dashboard() -> dashboard_model.Dashboard:
     user_query = "$" + QUERY_VAR
     errors = f"({user_query}) AND {NON_OK}"
     builder = (
-        dashboard.Dashboard("rpcscope / logs")
-        .uid(c.LOGS_UID)
-        .description(c.generated_marker(SOURCE))
-        .tags(list(c.TAGS))
-        .readonly()
-        .tooltip(dashboard_model.DashboardCursorSync.CROSSHAIR)
-        .refresh("1m")
-        .time("now-1h", "now")
-        .timezone("browser")
+        c.base_dashboard("rpcscope / logs", c.LOGS_UID, SOURCE, refresh="1m")
         .link(
             dashboard.DashboardLink("Overview")
             .type(dashboard_model.DashboardLinkType.LINK)
