@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -271,4 +270,3 @@ def _looks_secret(key: str) -> bool:
 
 
 HOSTNAME: Final = socket.gethostname()
-PID: Final = os.getpid()

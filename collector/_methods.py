@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from rpcscope import schema
-from rpcscope.collector._core import MethodInfo, split_method
+from rpcscope.collector._core import MethodInfo, rpc_type, split_method
 from rpcscope.collector._metrics import GrpcMetrics
 
 MethodFilter = Callable[[str], bool]
@@ -87,18 +87,12 @@ class MethodTable:
         count = 0
         for service in _services(descriptors):
             for m in service.methods:
-                grpc_type = _type_of(bool(m.client_streaming), bool(m.server_streaming))
+                grpc_type = rpc_type(bool(m.client_streaming), bool(m.server_streaming))
                 info = self.lookup(f"/{service.full_name}/{m.name}", grpc_type)
                 if info is not None and info is not self.unknown and info.metrics is not None:
                     info.metrics.initialize()
                     count += 1
         return count
-
-
-def _type_of(client_streaming: bool, server_streaming: bool) -> str:
-    from rpcscope.collector._core import rpc_type
-
-    return rpc_type(client_streaming, server_streaming)
 
 
 def _services(descriptors: Iterable[Any]) -> Iterable[Any]:

@@ -383,7 +383,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                         None if request_iterator is None
                         else _AsyncCountingIterator(request_iterator, record)
                     )
-                    response = await behavior(requests, _counting_context(context, record))
+                    response = await behavior(requests, _CountingContext(context, record))
                 except BaseException as error:
                     finish(record, context, error)
                     raise
@@ -427,7 +427,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                 else:
                     record.msgs_in = 1
                 try:
-                    result = await behavior(request, _counting_context(context, record))
+                    result = await behavior(request, _CountingContext(context, record))
                 except BaseException as error:
                     finish(record, context, error)
                     raise
@@ -542,7 +542,3 @@ class _CountingContext:
 
 
 grpc.aio.ServicerContext.register(_CountingContext)
-
-
-def _counting_context(context: Any, record: CallRecord) -> Any:
-    return _CountingContext(context, record)

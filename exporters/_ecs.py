@@ -14,6 +14,8 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any, Final
 
+from opentelemetry import trace
+
 from rpcscope import schema
 from rpcscope.collector._core import CURRENT_IDS, HOSTNAME, CallRecord, is_server_fault
 
@@ -134,7 +136,7 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
         doc["process.pid"] = record.process
     # A record queued by LoggingHandler carries the ids of the thread that logged it; a record
     # formatted in place (EcsFormatter) reads them from the current context.
-    ids = getattr(record, "rpcscope_ids", None) or CURRENT_IDS.get() or _otel_ids()
+    ids = getattr(record, "rpcscope_ids", None) or CURRENT_IDS.get() or otel_ids()
     if ids is not None:
         doc["trace.id"], doc["span.id"] = ids
     if record.exc_info and record.exc_info[1] is not None:
@@ -162,9 +164,8 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
     return doc
 
 
-def _otel_ids() -> tuple[str, str] | None:
-    from opentelemetry import trace
-
+def otel_ids() -> tuple[str, str] | None:
+    """Ids of the current OpenTelemetry span, when one is active (outside rpcscope's calls)."""
     ctx = trace.get_current_span().get_span_context()
     if not ctx.is_valid:
         return None

@@ -20,8 +20,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-from rpcscope.collector._core import CallRecord
-from rpcscope.exporters._ecs import Identity, call_document, encode_json, log_record_document
+from rpcscope.collector._core import CURRENT_IDS, CallRecord
+from rpcscope.exporters._ecs import (
+    Identity,
+    call_document,
+    encode_json,
+    log_record_document,
+    otel_ids,
+)
 from rpcscope.exporters._jsonline import CallLineEncoder
 
 _LOG = logging.getLogger("rpcscope")
@@ -292,9 +298,8 @@ class LoggingHandler(logging.Handler):
             # Resolve the message and ids now: args may change and the context is ours only now.
             record.message = record.getMessage()
             record.msg, record.args = record.message, None
-            from rpcscope.collector._core import CURRENT_IDS
-
-            ids = CURRENT_IDS.get()
+            # The worker thread that builds the document has no access to this context.
+            ids = CURRENT_IDS.get() or otel_ids()
             if ids is not None:
                 record.rpcscope_ids = ids
             self._pipe.emit_log(record)

@@ -156,7 +156,8 @@ class Scope:
             self._log_pipe.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush logs and stop the metrics servers. Idempotent; also runs at interpreter exit."""
+        """Flush logs and stop the metrics servers. Idempotent. (At interpreter exit the log queue
+        is flushed even without it.)"""
         with self._lock:
             if self._closed:
                 return
