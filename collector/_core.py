@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
+import random
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -25,8 +28,8 @@ import grpc
 from rpcscope import schema
 
 if TYPE_CHECKING:
+    from rpcscope.collector._deferred import DeferredMetrics, MethodAggregate
     from rpcscope.collector._metrics import GrpcMetrics, MethodMetrics
-    from rpcscope.collector._sharded import ShardedMethodMetrics
     from rpcscope.collector._trace import Tracing
 
 _LOG = logging.getLogger("rpcscope")
@@ -37,12 +40,81 @@ _SERVER_FAULT: Final = frozenset(schema.SERVER_FAULT_CODES)
 SERVER: Final = "server"
 CLIENT: Final = "client"
 
-#: (trace_id, span_id) of the RPC being handled in this context; read by the ECS log formatter
-#: (so application logs carry the ids) and by client interceptors (so downstream calls continue
-#: the trace). A contextvar works for threads (sync servers) and asyncio tasks alike.
-CURRENT_IDS: Final[contextvars.ContextVar[tuple[str, str] | None]] = contextvars.ContextVar(
+_getrandbits: Final = random.getrandbits
+
+
+#: A call's trace context as the request path stores it, formatted only when read. Either
+#: ``(incoming traceparent or None, 192 random bits)`` — the random bits give this call's span
+#: id (low 64) and, when no valid traceparent came in, a new trace id (high 128) — or the
+#: already formatted ``(trace_id, span_id, parent_span_id or None, flags)``.
+#:
+#: Why lazy: validating the incoming header and hex-formatting ids costs more than the rest of
+#: a call's instrumentation, and code that runs once per RPC runs with cold caches. The request
+#: path draws one random number and builds one small tuple; the log writer (in batches, warm)
+#: or a reader such as :func:`current_ids` formats. Resolving is deterministic (no state), so
+#: any thread may do it any number of times and gets the same ids.
+TraceIds = tuple[str | None, int] | tuple[str, str, str | None, str]
+
+_SPAN_MASK: Final = (1 << 64) - 1
+
+
+def resolve_ids(trace: TraceIds) -> tuple[str, str, str | None, str]:
+    """(trace_id, span_id, parent_span_id or None, trace_flags) as lowercase hex."""
+    if len(trace) == 4:
+        return trace
+    incoming, bits = trace
+    span = f"{(bits & _SPAN_MASK) or 1:016x}"
+    parent = parse_traceparent(incoming) if incoming is not None else None
+    if parent is not None:
+        return parent[0], span, parent[1], parent[2]
+    return f"{(bits >> 64) or 1:032x}", span, None, "01"
+
+
+
+# Version 00 is exactly 55 bytes; future versions may append fields after the flags (W3C §3.2.4).
+_TRACEPARENT_RE: Final = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL
+)
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
+
+
+_V00_RE: Final = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def parse_traceparent(value: str) -> tuple[str, str, str] | None:
+    """(trace_id, parent_span_id, flags) from a ``traceparent`` header; None when invalid."""
+    if len(value) == 55 and _V00_RE.fullmatch(value):  # the common case: version 00, no groups
+        trace_id, span_id = value[3:35], value[36:52]
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+            return None
+        return trace_id, span_id, value[53:]
+    m = _TRACEPARENT_RE.fullmatch(value)
+    if m is None:
+        return None
+    version, trace_id, span_id, flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    return trace_id, span_id, flags
+
+
+#: The trace ids of the RPC being handled in this context; read by the ECS log formatter (so
+#: application logs carry the ids) and by client interceptors (so downstream calls continue the
+#: trace). A contextvar works for threads (sync servers) and asyncio tasks alike.
+CURRENT_IDS: Final[contextvars.ContextVar[TraceIds | None]] = contextvars.ContextVar(
     "rpcscope_current_ids", default=None
 )
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) of the RPC handled in this context, or None outside one."""
+    trace = CURRENT_IDS.get()
+    if trace is None:
+        return None
+    ids = resolve_ids(trace)
+    return ids[0], ids[1]
 
 
 def split_method(full_method: str) -> tuple[str, str] | None:
@@ -73,7 +145,7 @@ class MethodInfo:
         service: str,
         method: str,
         grpc_type: str,
-        metrics: MethodMetrics | ShardedMethodMetrics | None,
+        metrics: MethodMetrics | MethodAggregate | None,
     ) -> None:
         self.component = component
         self.full_method = full_method
@@ -93,20 +165,19 @@ class CallRecord:
         "duration_ns",
         "end_wall_ns",
         "error",
+        "ids_token",
         "info",
         "metadata",
         "msgs_in",
         "msgs_out",
         "otel_span",
-        "parent_span_id",
         "peer",
-        "span_id",
         "start_ns",
-        "trace_flags",
-        "trace_id",
+        "trace",
     )
 
-    def __init__(self, info: MethodInfo) -> None:
+    def __init__(self, info: MethodInfo, peer: str | None = None,
+                 deadline: float | None = None) -> None:
         self.info = info
         self.start_ns = perf_counter_ns()
         self.code = "OK"
@@ -116,14 +187,42 @@ class CallRecord:
         self.end_wall_ns = 0
         self.msgs_in = 0
         self.msgs_out = 0
-        self.peer: str | None = None
-        self.deadline: float | None = None
-        self.metadata: dict[str, str] | None = None
-        self.trace_id: str | None = None
-        self.span_id: str | None = None
-        self.parent_span_id: str | None = None
-        self.trace_flags = "01"
+        self.peer = peer
+        self.deadline = deadline
+        #: grpc's raw metadata on the request path; picked pairs once logged.
+        self.metadata: Any = None
+        self.trace: TraceIds | None = None
+        self.ids_token: Any = None  # CURRENT_IDS reset token (server calls)
         self.otel_span: Any = None
+
+    def ids(self) -> tuple[str, str, str | None, str] | None:
+        """(trace_id, span_id, parent_span_id, flags), or None when tracing is off."""
+        trace = self.trace
+        return None if trace is None else resolve_ids(trace)
+
+    def set_ids(self, trace_id: str, span_id: str, parent_span_id: str | None = None,
+                flags: str = "01") -> None:
+        self.trace = (trace_id, span_id, parent_span_id, flags)
+
+    @property
+    def trace_id(self) -> str | None:
+        ids = self.ids()
+        return None if ids is None else ids[0]
+
+    @property
+    def span_id(self) -> str | None:
+        ids = self.ids()
+        return None if ids is None else ids[1]
+
+    @property
+    def parent_span_id(self) -> str | None:
+        ids = self.ids()
+        return None if ids is None else ids[2]
+
+    @property
+    def trace_flags(self) -> str:
+        ids = self.ids()
+        return "01" if ids is None else ids[3]
 
 
 class RecordSink(Protocol):
@@ -168,9 +267,18 @@ class ErrorCounter:
 
 
 class Pipeline:
-    """Runs the enabled consumers of a call record, each guarded against its own failures."""
+    """Runs the enabled consumers of a call record, each guarded against its own failures.
 
-    __slots__ = ("_allow_metadata", "errors", "metrics", "sink", "tracing")
+    With deferred metrics (the default outside multiprocess mode) the request path hands the
+    record to :class:`~rpcscope.collector._deferred.DeferredMetrics` and is done: metrics are
+    folded in, and the record forwarded to the access log, in batches off the request path.
+    Everything else that can wait also waits: the invocation metadata is kept as grpc gave it
+    and picked/redacted by the log writer (:class:`MetadataPicker`), trace ids are formatted on
+    demand (:data:`TraceIds`), and the deadline is normalised by whoever prints it.
+    """
+
+    __slots__ = ("_deferred", "_keep_metadata", "_trace_start", "errors", "metrics", "sink",
+                 "tracing")
 
     def __init__(
         self,
@@ -179,15 +287,58 @@ class Pipeline:
         sink: RecordSink | None,
         errors: ErrorCounter,
         metadata_allowlist: Iterable[str] = (),
+        component: str = SERVER,
     ) -> None:
         self.metrics = metrics
         self.tracing = tracing
         self.sink = sink
         self.errors = errors
-        # Redaction is decided once per allowlisted key, not per call: key → redact?
-        self._allow_metadata = {k.lower(): _must_redact(k.lower()) for k in metadata_allowlist}
+        self._deferred: DeferredMetrics | None = (
+            metrics.deferred if metrics is not None else None
+        )
+        self._trace_start: Callable[[CallRecord, Any], None] | None = (
+            None if tracing is None
+            else tracing.start_server if component == SERVER else tracing.start_client
+        )
+        # Metadata is only ever logged: keep it only when a log and an allowlist exist.
+        self._keep_metadata = sink is not None and bool(tuple(metadata_allowlist))
 
     # -- start ------------------------------------------------------------------------------
+
+    def start_server(self, info: MethodInfo, context: Any) -> CallRecord:
+        """Open a server call's record from its grpc context. Never raises.
+
+        :meth:`start` written out again for the server's hot path: one Python call less per
+        RPC, which matters more than the few duplicated lines (see :mod:`._deferred`).
+        """
+        try:
+            metadata = context.invocation_metadata()
+            # Peer and deadline only feed the access log: skip the context calls without one.
+            # The deadline is kept raw (the log normalises it: see deadline_seconds).
+            if self.sink is not None:
+                record = CallRecord(info, context.peer(), context.time_remaining())
+            else:
+                record = CallRecord(info)
+        except Exception:
+            self.errors.record("context")
+            metadata, record = None, CallRecord(info)
+        mm = info.metrics
+        if mm is not None:
+            try:
+                if self._deferred is not None:
+                    self._deferred.pending.append(mm)  # "started", counted in the next batch
+                else:
+                    mm.started.inc()  # type: ignore[union-attr]
+            except Exception:
+                self.errors.record("start:metrics")
+        if self._trace_start is not None:
+            try:
+                self._trace_start(record, metadata)
+            except Exception:
+                self.errors.record("start:tracing")
+        if self._keep_metadata:
+            record.metadata = metadata  # grpc's immutable tuple; picked by the log writer
+        return record
 
     def start(
         self,
@@ -197,39 +348,26 @@ class Pipeline:
         deadline: float | None,
     ) -> CallRecord:
         """Open a record: count ``started``, read trace context. Never raises."""
-        record = CallRecord(info)
-        record.peer = peer
-        record.deadline = deadline
+        record = CallRecord(info, peer, deadline)
         # One guard per consumer: a failing one must not cost the call the others (a broken
         # counter must not lose the trace ids). try blocks are free in 3.11 when nothing raises.
         mm = info.metrics
         if mm is not None:
             try:
-                mm.started.inc()
+                if self._deferred is not None:
+                    self._deferred.pending.append(mm)  # "started", counted in the next batch
+                else:
+                    mm.started.inc()  # type: ignore[union-attr]
             except Exception:
                 self.errors.record("start:metrics")
-        if self.tracing is not None:
+        if self._trace_start is not None:
             try:
-                self.tracing.start(record, metadata)
+                self._trace_start(record, metadata)
             except Exception:
                 self.errors.record("start:tracing")
-        if metadata and self._allow_metadata and self.sink is not None:
-            try:
-                record.metadata = self._pick_metadata(metadata)
-            except Exception:
-                self.errors.record("start:metadata")
+        if self._keep_metadata:
+            record.metadata = metadata  # grpc's immutable tuple; picked by the log writer
         return record
-
-    def _pick_metadata(self, metadata: Any) -> dict[str, str] | None:
-        allow = self._allow_metadata
-        picked: dict[str, str] = {}
-        for key, value in metadata:
-            redact = allow.get(key)
-            if redact is not None:
-                picked[key] = (
-                    "[REDACTED]" if redact else value if isinstance(value, str) else repr(value)
-                )
-        return picked or None
 
     # -- end --------------------------------------------------------------------------------
 
@@ -237,24 +375,72 @@ class Pipeline:
         """Close a record: metrics, span, access log. Never raises."""
         record.duration_ns = perf_counter_ns() - record.start_ns
         record.end_wall_ns = time_ns()
-        # Guarded one by one, as in start(): a metrics failure must not leave the span open
-        # (and the trace ids set in this context) or lose the access-log record.
-        mm = record.info.metrics
-        if mm is not None:
+        # Tracing first, on this thread: it resets this context's trace ids and ends the span.
+        token = record.ids_token
+        if token is not None:
+            record.ids_token = None
             try:
-                mm.finish(record)
-            except Exception:
-                self.errors.record("finish:metrics")
-        if self.tracing is not None:
+                CURRENT_IDS.reset(token)
+            except ValueError:
+                # Reset from another context (a generator finished on a different thread or
+                # task): the variable dies with that context anyway.
+                pass
+        if record.otel_span is not None and self.tracing is not None:
             try:
                 self.tracing.finish(record)
             except Exception:
                 self.errors.record("finish:tracing")
+        if self._deferred is not None:
+            # Metrics and (via the batch) the access log: one append on the request path.
+            try:
+                self._deferred.finished(record)
+            except Exception:
+                self.errors.record("finish:deferred")
+            return
+        # Guarded one by one: a metrics failure must not lose the access-log record.
+        mm = record.info.metrics
+        if mm is not None:
+            try:
+                mm.finish(record)  # type: ignore[union-attr]
+            except Exception:
+                self.errors.record("finish:metrics")
         if self.sink is not None:
             try:
                 self.sink.emit_call(record)
             except Exception:
                 self.errors.record("finish:log")
+
+
+class MetadataPicker:
+    """Turns a call's raw invocation metadata into the logged, redacted allowlist subset.
+
+    Runs on the log writer, not the request path. Redaction is decided once per allowlisted
+    key, not per call. The result is a tuple of (key, value) pairs (hashable, so the line
+    encoder can cache its JSON), and picking it again returns it unchanged.
+    """
+
+    __slots__ = ("_allow",)
+
+    def __init__(self, allowlist: Iterable[str]) -> None:
+        self._allow = {k.lower(): _must_redact(k.lower()) for k in allowlist}
+
+    def __call__(self, metadata: Any) -> tuple[tuple[str, str], ...] | None:
+        allow = self._allow
+        picked: list[tuple[str, str]] = []
+        for key, value in metadata:
+            redact = allow.get(key)
+            if redact is not None:
+                picked.append(
+                    (key, "[REDACTED]" if redact else value if type(value) is str else repr(value))
+                )
+        return tuple(picked) if picked else None
+
+
+def deadline_seconds(remaining: float | None) -> float | None:
+    """A call's remaining time as logged: None when there is no (meaningful) deadline."""
+    if remaining is None or not math.isfinite(remaining) or remaining > 1e8:
+        return None
+    return float(remaining)
 
 
 def _must_redact(key: str) -> bool:

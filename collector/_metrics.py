@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from rpcscope import schema
-from rpcscope.collector._sharded import ShardedGrpcMetrics, ShardedMethodMetrics
+from rpcscope.collector._deferred import DeferredMetrics, MethodAggregate
 
 if TYPE_CHECKING:
     from rpcscope.collector._core import CallRecord
@@ -98,9 +98,9 @@ class MethodMetrics:
 class GrpcMetrics:
     """Both sides' families in one registry; never registers anything at import time.
 
-    ``sharded`` (the default outside multiprocess mode) keeps the per-call families in
-    :mod:`._sharded`'s lock-free per-thread shards; otherwise prometheus_client's own metrics
-    hold them (required for ``PROMETHEUS_MULTIPROC_DIR``).
+    ``deferred`` (the default outside multiprocess mode) aggregates the per-call families in
+    batches off the request path (:mod:`._deferred`); otherwise prometheus_client's own metrics
+    hold them, updated on the request path (required for ``PROMETHEUS_MULTIPROC_DIR``).
     """
 
     def __init__(
@@ -108,12 +108,12 @@ class GrpcMetrics:
         registry: CollectorRegistry | None,
         buckets: Sequence[float],
         exemplars: bool,
-        sharded: bool = True,
+        deferred: bool = True,
     ) -> None:
         self.registry = registry
         self._exemplars = exemplars
-        self._sharded = ShardedGrpcMetrics(registry, buckets, exemplars) if sharded else None
-        if self._sharded is None:
+        self.deferred = DeferredMetrics(registry, buckets, exemplars) if deferred else None
+        if self.deferred is None:
             self._init_sides(registry, buckets)
         self._init_own(registry)
 
@@ -157,8 +157,8 @@ class GrpcMetrics:
             self.log_records.labels(outcome)
 
     def for_method(self, component: str, grpc_type: str, service: str, method: str
-                   ) -> MethodMetrics | ShardedMethodMetrics:
-        if self._sharded is not None:
-            return self._sharded.for_method(component, (grpc_type, service, method))
+                   ) -> MethodMetrics | MethodAggregate:
+        if self.deferred is not None:
+            return self.deferred.for_method(component, (grpc_type, service, method))
         side = self.server if component == "server" else self.client
         return MethodMetrics(side, (grpc_type, service, method), self._exemplars)

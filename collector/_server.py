@@ -9,7 +9,6 @@ handlers are cached per method, so ``intercept_service`` is a dict lookup after 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -25,13 +24,6 @@ from rpcscope.collector._core import (
 from rpcscope.collector._methods import MethodTable
 
 _NOT_FOUND_DETAILS = "Method not found!"  # what grpc itself answers for an unknown method
-
-
-def _deadline(context: Any) -> float | None:
-    remaining = context.time_remaining()
-    if remaining is None or not math.isfinite(remaining) or remaining > 1e8:
-        return None
-    return float(remaining)
 
 
 def _expired(context: Any) -> bool:
@@ -76,11 +68,12 @@ def _aio_status(context: Any, error: BaseException | None) -> tuple[str, str | N
 class _Finisher:
     """Sets the final status on a record and hands it to the pipeline; never raises."""
 
-    __slots__ = ("_pipe", "_status")
+    __slots__ = ("_errors", "_finish", "_status")
 
     def __init__(self, pipe: Pipeline, status: Callable[[Any, BaseException | None],
                                                         tuple[str, str | None]]) -> None:
-        self._pipe = pipe
+        self._errors = pipe.errors
+        self._finish = pipe.finish
         self._status = status
 
     def __call__(self, record: CallRecord, context: Any, error: BaseException | None,
@@ -88,12 +81,13 @@ class _Finisher:
         try:
             if error is not None and not isinstance(error, GeneratorExit):
                 record.error = error
-            record.code, record.details = self._status(context, error)
-            if unary_out and record.code == "OK":
+            code, record.details = self._status(context, error)
+            record.code = code
+            if unary_out and code == "OK":
                 record.msgs_out = 1
         except Exception:
-            self._pipe.errors.record("status")
-        self._pipe.finish(record)
+            self._errors.record("status")
+        self._finish(record)
 
 
 class _CountingIterator:
@@ -149,23 +143,9 @@ class _ServerBase:
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         self._pipe = pipe
         self._table = table
+        self._start = pipe.start_server
         # method path -> (original handler, wrapped handler)
         self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    def _start(self, info: MethodInfo, context: Any) -> CallRecord:
-        pipe = self._pipe
-        try:
-            metadata = context.invocation_metadata()
-            # Peer and deadline only feed the access log: skip the context calls without one.
-            if pipe.sink is not None:
-                peer = context.peer()
-                deadline = _deadline(context)
-            else:
-                peer = deadline = None
-        except Exception:
-            pipe.errors.record("context")
-            metadata, peer, deadline = None, None, None
-        return pipe.start(info, metadata, peer, deadline)
 
     def _resolve(self, method: str, handler: Any) -> Any:
         """The handler to give grpc for this method: cached wrapper, original, or unimplemented."""

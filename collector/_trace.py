@@ -15,7 +15,6 @@ Two modes, chosen per call so a TracerProvider configured after the Scope is sti
 from __future__ import annotations
 
 import random
-import re
 from time import monotonic
 from typing import Any, Final
 
@@ -31,11 +30,21 @@ from opentelemetry.trace import (
 )
 
 from rpcscope import schema
-from rpcscope.collector._core import CURRENT_IDS, SERVER, CallRecord, is_server_fault
+from rpcscope.collector._core import (
+    CURRENT_IDS,
+    SERVER,
+    CallRecord,
+    TraceIds,
+    is_server_fault,
+    parse_traceparent,
+    resolve_ids,
+)
 
 TRACEPARENT: Final = "traceparent"
 _GRPC_NUMERIC: Final = {name: code.value[0] for code, name in schema.GO_CODE_NAMES.items()}
 _getrandbits = random.getrandbits
+
+__all__ = ["TRACEPARENT", "Tracing", "new_span_id", "new_trace_id", "parse_traceparent"]
 
 
 def new_trace_id() -> str:
@@ -44,27 +53,6 @@ def new_trace_id() -> str:
 
 def new_span_id() -> str:
     return "%016x" % (_getrandbits(64) or 1)
-
-
-# Version 00 is exactly 55 bytes; future versions may append fields after the flags (W3C §3.2.4).
-_TRACEPARENT_RE: Final = re.compile(
-    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL
-)
-_ZERO_TRACE: Final = "0" * 32
-_ZERO_SPAN: Final = "0" * 16
-
-
-def parse_traceparent(value: str) -> tuple[str, str, str] | None:
-    """(trace_id, parent_span_id, flags) from a ``traceparent`` header; None when invalid."""
-    m = _TRACEPARENT_RE.fullmatch(value)
-    if m is None:
-        return None
-    version, trace_id, span_id, flags, rest = m.groups()
-    if version == "ff" or (version == "00" and rest is not None):
-        return None
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-        return None
-    return trace_id, span_id, flags
 
 
 class _MetadataGetter(Getter[Any]):
@@ -113,14 +101,10 @@ class Tracing:
 
     # -- server ---------------------------------------------------------------------------------
 
-    def start(self, record: CallRecord, metadata: Any) -> None:
-        if record.info.component == SERVER:
-            self._start_server(record, metadata)
-        else:
-            self._start_client(record)
-
-    def _start_server(self, record: CallRecord, metadata: Any) -> None:
-        tracer = self._otel_tracer()
+    def start_server(self, record: CallRecord, metadata: Any) -> None:
+        tracer = self._tracer
+        if tracer is None and monotonic() >= self._next_check:
+            tracer = self._otel_tracer()
         if tracer is not None:
             parent_ctx = propagate.extract(metadata or (), getter=_GETTER)
             span = tracer.start_span(
@@ -128,37 +112,39 @@ class Tracing:
                 attributes=_span_attributes(record),
             )
             record.otel_span = (span, otel_context.attach(trace.set_span_in_context(span)))
-            _ids_from_span(record, span)
+            record.trace = _ids_from_span(span)
         else:
-            parent = None
+            # Only keep the header and draw the random bits here; resolve_ids validates and
+            # formats later, when (if) something reads the ids.
+            incoming = None
             if metadata:
                 for key, value in metadata:
                     if key == TRACEPARENT:
-                        parent = parse_traceparent(value) if isinstance(value, str) else None
+                        if type(value) is str:
+                            incoming = value
                         break
-            if parent is not None:
-                record.trace_id, record.parent_span_id, record.trace_flags = parent
-            else:
-                record.trace_id = new_trace_id()
-            record.span_id = new_span_id()
-        ids = (record.trace_id or "", record.span_id or "")
-        record.otel_span = (record.otel_span, CURRENT_IDS.set(ids))
+            record.trace = (incoming, _getrandbits(192))
+        record.ids_token = CURRENT_IDS.set(record.trace)
 
     # -- client ---------------------------------------------------------------------------------
 
-    def _start_client(self, record: CallRecord) -> None:
+    def start_client(self, record: CallRecord, metadata: Any = None) -> None:
         tracer = self._otel_tracer()
         if tracer is not None:
             span = tracer.start_span(
                 _span_name(record), kind=SpanKind.CLIENT, attributes=_span_attributes(record)
             )
             record.otel_span = (span, None)
-            _ids_from_span(record, span)
+            record.trace = _ids_from_span(span)
             return
+        # The outgoing traceparent needs the ids now: format them eagerly.
         current = CURRENT_IDS.get()
-        record.trace_id = current[0] if current is not None else new_trace_id()
-        record.parent_span_id = current[1] if current is not None else None
-        record.span_id = new_span_id()
+        span_id = new_span_id()
+        if current is not None:
+            trace_id, parent_span, _, flags = resolve_ids(current)
+            record.trace = (trace_id, span_id, parent_span, flags)
+        else:
+            record.trace = (new_trace_id(), span_id, None, "01")
 
     def outgoing_metadata(self, record: CallRecord) -> list[tuple[str, str]]:
         """The propagation headers a client call must carry."""
@@ -166,21 +152,19 @@ class Tracing:
             carrier: dict[str, str] = {}
             propagate.inject(carrier, context=trace.set_span_in_context(record.otel_span[0]))
             return list(carrier.items())
-        return [(TRACEPARENT, f"00-{record.trace_id}-{record.span_id}-{record.trace_flags}")]
+        ids = record.ids()
+        if ids is None:
+            return []
+        return [(TRACEPARENT, f"00-{ids[0]}-{ids[1]}-{ids[3]}")]
 
     # -- both -----------------------------------------------------------------------------------
 
     def finish(self, record: CallRecord) -> None:
+        """End the OTel span, if any (the Pipeline resets the context's trace ids itself)."""
         state = record.otel_span
         if state is None:
             return
         record.otel_span = None
-        if record.info.component == SERVER:
-            inner, ids_token = state
-            _reset(ids_token)
-            if inner is None:
-                return
-            state = inner
         span, token = state
         code = record.code
         span.set_attribute("rpc.grpc.status_code", _GRPC_NUMERIC.get(code, 2))
@@ -199,15 +183,6 @@ class Tracing:
                 pass
 
 
-def _reset(token: Any) -> None:
-    try:
-        CURRENT_IDS.reset(token)
-    except ValueError:
-        # Reset from another context (a generator finished on a different thread/task): the
-        # variable dies with that context anyway.
-        pass
-
-
 def _span_name(record: CallRecord) -> str:
     return record.info.full_method[1:]
 
@@ -220,8 +195,6 @@ def _span_attributes(record: CallRecord) -> dict[str, str]:
     }
 
 
-def _ids_from_span(record: CallRecord, span: Any) -> None:
+def _ids_from_span(span: Any) -> TraceIds:
     ctx = span.get_span_context()
-    record.trace_id = "%032x" % ctx.trace_id
-    record.span_id = "%016x" % ctx.span_id
-    record.trace_flags = "%02x" % int(ctx.trace_flags)
+    return "%032x" % ctx.trace_id, "%016x" % ctx.span_id, None, "%02x" % int(ctx.trace_flags)

@@ -17,7 +17,13 @@ from typing import Any, Final
 from opentelemetry import trace
 
 from rpcscope import schema
-from rpcscope.collector._core import CURRENT_IDS, HOSTNAME, CallRecord, is_server_fault
+from rpcscope.collector._core import (
+    HOSTNAME,
+    CallRecord,
+    current_ids,
+    deadline_seconds,
+    is_server_fault,
+)
 
 _CLIENT_FAULT_LEVEL: Final = "warn"
 
@@ -85,15 +91,17 @@ def call_document(record: CallRecord, identity: Identity) -> dict[str, Any]:
     doc["grpc.msgs_sent"] = record.msgs_out
     if record.peer:
         doc["client.address" if info.component == "server" else "server.address"] = record.peer
-    if record.deadline is not None:
-        doc["grpc.request.deadline_seconds"] = round(record.deadline, 6)
-    if record.trace_id:
-        doc["trace.id"] = record.trace_id
-        doc["span.id"] = record.span_id
-        if record.parent_span_id:
-            doc["parent.id"] = record.parent_span_id
+    deadline = deadline_seconds(record.deadline)
+    if deadline is not None:
+        doc["grpc.request.deadline_seconds"] = round(deadline, 6)
+    ids = record.ids()
+    if ids is not None:
+        doc["trace.id"] = ids[0]
+        doc["span.id"] = ids[1]
+        if ids[2]:
+            doc["parent.id"] = ids[2]
     if record.metadata:
-        doc["grpc.request.metadata"] = record.metadata
+        doc["grpc.request.metadata"] = dict(record.metadata)
     if code != "OK":
         error = record.error
         if error is not None and code == "Unknown" and not _is_abort(error):
@@ -136,7 +144,7 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
         doc["process.pid"] = record.process
     # A record queued by LoggingHandler carries the ids of the thread that logged it; a record
     # formatted in place (EcsFormatter) reads them from the current context.
-    ids = getattr(record, "rpcscope_ids", None) or CURRENT_IDS.get() or otel_ids()
+    ids = getattr(record, "rpcscope_ids", None) or current_ids() or otel_ids()
     if ids is not None:
         doc["trace.id"], doc["span.id"] = ids
     if record.exc_info and record.exc_info[1] is not None:

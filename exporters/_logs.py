@@ -17,10 +17,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
-from rpcscope.collector._core import CURRENT_IDS, CallRecord
+from rpcscope.collector._core import CallRecord, MetadataPicker, current_ids
 from rpcscope.exporters._ecs import (
     Identity,
     call_document,
@@ -112,8 +112,10 @@ class LogPipe:
         max_queue: int = 10_000,
         flush_interval: float = 0.2,
         on_outcome: Callable[[str, int], None] | None = None,
+        metadata_allowlist: Iterable[str] = (),
     ) -> None:
         self.sink = sink
+        self._pick_metadata = MetadataPicker(metadata_allowlist)
         self._identity = identity
         # Line sinks get the fast encoder's output; other sinks (e.g. Forward) get documents.
         self._lines = CallLineEncoder(identity) if isinstance(sink, LineSink) else None
@@ -130,6 +132,9 @@ class LogPipe:
         self._inflight = 0
         self.delivered = 0
         self.dropped = 0
+        #: Drains whatever holds records before this pipe (deferred metrics), so flush/close
+        #: also deliver calls that finished but were not yet handed over.
+        self.upstream: Callable[[], None] | None = None
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
         atexit.register(_close_at_exit, ref)
@@ -139,8 +144,32 @@ class LogPipe:
     def emit_call(self, record: CallRecord) -> None:
         self._put(record)
 
+    def emit_calls(self, records: list[CallRecord]) -> None:
+        """A batch of finished calls (from deferred metrics' drain); same bound as one by one."""
+        room = self._max - len(self._queue)
+        if self._closed:
+            room = 0
+        if room >= len(records):
+            self._queue.extend(records)
+        else:
+            self._queue.extend(records[:max(room, 0)])
+            lost = len(records) - max(room, 0)
+            with self._count_lock:
+                self.dropped += lost
+            self._count("emitted", lost)
+            self._count("dropped", lost)
+        if self._thread is None:
+            self._start()
+
     def emit_log(self, record: logging.LogRecord) -> None:
         self._put(record)
+
+    def _upstream(self) -> None:
+        if self.upstream is not None:
+            try:
+                self.upstream()
+            except Exception:
+                _LOG.debug("rpcscope: draining upstream records failed", exc_info=True)
 
     @property
     def emitted(self) -> int:
@@ -194,6 +223,8 @@ class LogPipe:
             lines = self._lines
             for item in batch:
                 try:
+                    if isinstance(item, CallRecord) and item.metadata is not None:
+                        item.metadata = self._pick_metadata(item.metadata)
                     if lines is not None:
                         documents.append(
                             lines.encode(item) if isinstance(item, CallRecord)
@@ -236,6 +267,7 @@ class LogPipe:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything queued so far was handed to the sink (or the timeout passed)."""
+        self._upstream()
         thread = self._thread
         if thread is None or not thread.is_alive():
             self._drain()
@@ -248,6 +280,7 @@ class LogPipe:
     def close(self, timeout: float = 5.0) -> None:
         if self._closed:
             return
+        self._upstream()
         self._closed = True
         self._wake.set()
         thread = self._thread
@@ -299,7 +332,7 @@ class LoggingHandler(logging.Handler):
             record.message = record.getMessage()
             record.msg, record.args = record.message, None
             # The worker thread that builds the document has no access to this context.
-            ids = CURRENT_IDS.get() or otel_ids()
+            ids = current_ids() or otel_ids()
             if ids is not None:
                 record.rpcscope_ids = ids
             self._pipe.emit_log(record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from _calls import KINDS, OUTCOMES, STATUS, Observed, aio_server, call_aio, call_sync, labels
 
 import rpcscope
-from rpcscope.collector import _sharded
+from rpcscope.collector import _deferred
 from rpcscope.collector._metrics import MethodMetrics
 from rpcscope.collector._trace import Tracing
 from rpcscope.testing import CaptureSink, sample_value, wait_for_logs, wait_until
@@ -176,9 +177,10 @@ def test_aio_behaviour_identical_with_and_without_rpcscope(
 
 
 def _break_metrics(monkeypatch: pytest.MonkeyPatch, broken: Callable[..., None]) -> None:
-    """Make every method's metrics fail at finish (both the sharded and multiprocess kinds)."""
+    """Make every call's metrics fail at finish (both the deferred and multiprocess kinds)."""
     monkeypatch.setattr(MethodMetrics, "finish", broken)
-    monkeypatch.setattr(_sharded.ShardedMethodMetrics, "finish", broken)
+    # Deferred metrics fold calls in batches; break the fold (bucket search) for every call.
+    monkeypatch.setattr(_deferred, "bisect_left", lambda *a: broken(None, None))
 
 
 def _errors(scope: rpcscope.Scope) -> float | None:
@@ -246,7 +248,17 @@ def test_failing_started_counter_keeps_trace_ids(make_scope: Callable[..., rpcsc
     def boom(self: Any) -> None:
         raise RuntimeError("inc failed")
 
-    monkeypatch.setattr(_sharded._Started, "inc", boom)
+    class FailingStarts(deque[Any]):
+        """Deferred metrics count ``started`` by appending the method's aggregate."""
+
+        def append(self, item: Any) -> None:
+            if isinstance(item, _deferred.MethodAggregate):
+                boom(self)
+            super().append(item)
+
+    deferred = scope._metrics.deferred if scope._metrics is not None else None
+    assert deferred is not None
+    monkeypatch.setattr(deferred, "pending", FailingStarts())
     assert unary(b"ok") == b"reply:ok"
     assert _errors(scope) == 1
     [doc] = wait_for_logs(scope, 1, component="server")
@@ -276,7 +288,8 @@ def test_failing_tracing_is_counted_not_raised(make_scope: Callable[..., rpcscop
     def boom(*args: Any) -> Any:
         raise RuntimeError("tracing broken")
 
-    monkeypatch.setattr(Tracing, "start", boom)
+    monkeypatch.setattr(Tracing, "start_server", boom)
+    monkeypatch.setattr(Tracing, "start_client", boom)
     monkeypatch.setattr(Tracing, "outgoing_metadata", boom)
     scope = make_scope()
     assert _roundtrip(scope, serve_sync, sync_channel) == _expected(serve_sync, sync_channel)

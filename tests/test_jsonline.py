@@ -19,7 +19,10 @@ def _record(component: str = "server", **fields: object) -> CallRecord:
     record.duration_ns = 1_234_567
     record.msgs_in = record.msgs_out = 1
     for key, value in fields.items():
-        setattr(record, key, value)
+        if key == "ids":
+            record.set_ids(*value)  # type: ignore[misc]
+        else:
+            setattr(record, key, value)
     return record
 
 
@@ -28,9 +31,9 @@ def _record(component: str = "server", **fields: object) -> CallRecord:
     [
         {},
         {"peer": "ipv6:[::1]:5050", "deadline": 0.1234567},
-        {"trace_id": "a" * 32, "span_id": "b" * 16},
-        {"trace_id": "a" * 32, "span_id": "b" * 16, "parent_span_id": "c" * 16},
-        {"metadata": {"user-agent": 'agent "quoted" \\ ünï %s', "x-request-id": "r-1"}},
+        {"ids": ("a" * 32, "b" * 16)},
+        {"ids": ("a" * 32, "b" * 16, "c" * 16)},
+        {"metadata": (("user-agent", 'agent "quoted" \\ ünï %s'), ("x-request-id", "r-1"))},
         {"code": "NotFound", "details": "no such sku"},
         {"code": "Unknown", "error": RuntimeError("boom")},
     ],

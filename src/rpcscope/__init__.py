@@ -32,6 +32,6 @@ __version__ = "0.1.0"
 
 def current_trace_ids() -> tuple[str, str] | None:
     """(trace_id, span_id) of the RPC handled in this thread/task, or None outside one."""
-    from rpcscope.collector._core import CURRENT_IDS
+    from rpcscope.collector._core import current_ids
 
-    return CURRENT_IDS.get()
+    return current_ids()

@@ -50,7 +50,7 @@ class Scope:
             multiprocess = multiprocess_dir() is not None
             exemplars = cfg.exemplars and not multiprocess
             metrics = GrpcMetrics(self.registry, cfg.histogram_buckets, exemplars,
-                                  sharded=not multiprocess)
+                                  deferred=not multiprocess)
             self._errors.bind(metrics.errors.inc)
         self._metrics = metrics
 
@@ -66,14 +66,26 @@ class Scope:
                     counter.labels(outcome).inc(n)
 
             self._log_pipe = LogPipe(sink, self._identity, cfg.log_queue_size,
-                                     on_outcome=on_outcome)
+                                     on_outcome=on_outcome, metadata_allowlist=cfg.log_metadata)
+        deferred = metrics.deferred if metrics is not None else None
+        if deferred is not None:
+            deferred.on_error = self._errors.record
+            if self._log_pipe is not None:
+                # Finished calls reach the access log through deferred metrics' batches: one
+                # append on the request path serves both.
+                deferred.forward = self._log_pipe.emit_calls
+                deferred.log_components = frozenset(
+                    (SERVER, CLIENT) if cfg.log_client_calls else (SERVER,)
+                )
+                self._log_pipe.upstream = deferred.drain
+        self._deferred = deferred
         tracing = Tracing() if cfg.trace else None
 
         self._server_pipe = Pipeline(metrics, tracing, self._log_pipe, self._errors,
                                      cfg.log_metadata)
         self._client_pipe = Pipeline(
             metrics, tracing, self._log_pipe if cfg.log_client_calls else None,
-            self._errors, cfg.log_metadata,
+            self._errors, cfg.log_metadata, component=CLIENT,
         )
         self._server_table = MethodTable(SERVER, metrics, cfg.exclude_services,
                                          cfg.method_filter, cfg.max_methods)
@@ -146,12 +158,17 @@ class Scope:
 
     def stats(self) -> dict[str, Any]:
         """Counts for reports: log records emitted/delivered/lost, instrumentation errors."""
+        if self._deferred is not None:
+            self._deferred.drain()  # count every call that has finished so far
         logs = (self._log_pipe.stats() if self._log_pipe is not None
                 else {"emitted": 0, "delivered": 0, "lost": 0})
         return {"logs": logs, "instrumentation_errors": self._errors.count}
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Hand every queued log record to its sink (waits up to ``timeout`` seconds)."""
+        """Fold finished calls into the metrics and hand every queued log record to its sink
+        (waits up to ``timeout`` seconds for the sink)."""
+        if self._deferred is not None:
+            self._deferred.drain()
         if self._log_pipe is not None:
             self._log_pipe.flush(timeout)
 
@@ -162,6 +179,8 @@ class Scope:
             if self._closed:
                 return
             self._closed = True
+        if self._deferred is not None:
+            self._deferred.close()
         if self._log_pipe is not None:
             self._log_pipe.close(timeout)
         for server in self._metrics_servers:
