@@ -20,7 +20,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from time import perf_counter_ns, time_ns
+from time import monotonic, perf_counter_ns, time_ns
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import grpc
@@ -106,6 +106,24 @@ def parse_traceparent(value: str) -> tuple[str, str, str] | None:
 CURRENT_IDS: Final[contextvars.ContextVar[TraceIds | None]] = contextvars.ContextVar(
     "rpcscope_current_ids", default=None
 )
+
+
+def start_ids(record: CallRecord, metadata: Any) -> None:
+    """Trace context of a server call without an OTel SDK ("ids mode").
+
+    Only keeps the incoming header and draws the random bits; :func:`resolve_ids` validates and
+    formats later, when (if) something reads the ids. :meth:`Pipeline.start_server` inlines a
+    copy of this body: it runs on every RPC.
+    """
+    incoming = None
+    if metadata:
+        for key, value in metadata:
+            if key == "traceparent":
+                if type(value) is str:
+                    incoming = value
+                break
+    record.trace = trace = (incoming, _getrandbits(192))
+    record.ids_token = CURRENT_IDS.set(trace)
 
 
 def current_ids() -> tuple[str, str] | None:
@@ -331,9 +349,22 @@ class Pipeline:
                     mm.started.inc()  # type: ignore[union-attr]
             except Exception:
                 self.errors.record("start:metrics")
-        if self._trace_start is not None:
+        tracing = self.tracing
+        if tracing is not None:
             try:
-                self._trace_start(record, metadata)
+                if tracing.tracer is None and monotonic() < tracing.next_check:
+                    # Ids mode (no OTel SDK): start_ids() inlined.
+                    incoming = None
+                    if metadata:
+                        for key, value in metadata:
+                            if key == "traceparent":
+                                if type(value) is str:
+                                    incoming = value
+                                break
+                    record.trace = trace = (incoming, _getrandbits(192))
+                    record.ids_token = CURRENT_IDS.set(trace)
+                else:
+                    tracing.start_server(record, metadata)
             except Exception:
                 self.errors.record("start:tracing")
         if self._keep_metadata:
@@ -390,10 +421,15 @@ class Pipeline:
                 self.tracing.finish(record)
             except Exception:
                 self.errors.record("finish:tracing")
-        if self._deferred is not None:
-            # Metrics and (via the batch) the access log: one append on the request path.
+        deferred = self._deferred
+        if deferred is not None:
+            # Metrics and (via the batch) the access log: one append on the request path
+            # (DeferredMetrics.finished, inlined).
             try:
-                self._deferred.finished(record)
+                pending = deferred.pending
+                pending.append(record)
+                if deferred.thread is None or len(pending) > deferred.max_pending:
+                    deferred.kick()
             except Exception:
                 self.errors.record("finish:deferred")
             return

@@ -85,13 +85,14 @@ class DeferredMetrics(Collector):
         self._n_buckets = len(self._bounds) + 1  # + the +Inf bucket
         self._exemplars = exemplars
         self._interval = interval
-        self._max = max_pending
+        self.max_pending = max_pending
         self._methods: list[MethodAggregate] = []
         #: The request path's hand-off; Pipeline appends MethodAggregates ("started") directly.
         self.pending: deque[Any] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        #: The draining thread, started on the first finished call (read by the Pipeline).
+        self.thread: threading.Thread | None = None
         self._closed = False
         #: Receives each batch's finished records whose component is in ``log_components``.
         self.forward: Callable[[list[CallRecord]], None] | None = None
@@ -112,21 +113,23 @@ class DeferredMetrics(Collector):
     # -- request path ---------------------------------------------------------------------------
 
     def finished(self, record: CallRecord) -> None:
+        """Hand over a finished call (Pipeline.finish inlines this)."""
         pending = self.pending
         pending.append(record)
-        if self._thread is None or len(pending) > self._max:
-            self._kick()
+        if self.thread is None or len(pending) > self.max_pending:
+            self.kick()
 
-    def _kick(self) -> None:
-        if len(self.pending) > self._max:
+    def kick(self) -> None:
+        """Start the thread if needed; fold in here if the queue outgrew ``max_pending``."""
+        if len(self.pending) > self.max_pending:
             self.drain()  # the thread is starved: fold in here rather than grow without bound
-        if self._thread is None and not self._closed:
+        if self.thread is None and not self._closed:
             with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
+                if self.thread is None:
+                    self.thread = threading.Thread(
                         target=self._run, name="rpcscope-metrics", daemon=True
                     )
-                    self._thread.start()
+                    self.thread.start()
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -176,7 +179,7 @@ class DeferredMetrics(Collector):
         """Fold in what is pending and stop the thread (the aggregates stay readable)."""
         self._closed = True
         self._wake.set()
-        thread = self._thread
+        thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(5.0)
         self.drain()
@@ -185,7 +188,7 @@ class DeferredMetrics(Collector):
         # The parent's thread does not exist here; the lock may have been held mid-fork.
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread = None
+        self.thread = None
 
     # -- exposition -----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ handlers are cached per method, so ``intercept_service`` is a dict lookup after 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -50,8 +51,6 @@ def _sync_status(context: Any, error: BaseException | None) -> tuple[str, str | 
 
 
 def _aio_status(context: Any, error: BaseException | None) -> tuple[str, str | None]:
-    import asyncio
-
     code = context.code()
     if code is not None and code is not grpc.StatusCode.OK:
         details = context.details()

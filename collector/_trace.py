@@ -38,6 +38,7 @@ from rpcscope.collector._core import (
     is_server_fault,
     parse_traceparent,
     resolve_ids,
+    start_ids,
 )
 
 TRACEPARENT: Final = "traceparent"
@@ -77,8 +78,10 @@ class Tracing:
 
     def __init__(self, tracer_name: str = "rpcscope") -> None:
         self._tracer_name = tracer_name
-        self._tracer: Any = None
-        self._next_check = 0.0
+        #: The OTel tracer once a real provider was found; read by the Pipeline's hot path.
+        self.tracer: Any = None
+        #: monotonic() time before which we do not look for a provider again.
+        self.next_check = 0.0
 
     def _otel_tracer(self) -> Any:
         """The OTel tracer when a real provider is configured, else None.
@@ -87,24 +90,23 @@ class Tracing:
         the global provider to be set only once, so a real one found stays, and until one is
         found we look again at most once a second instead of on every RPC.
         """
-        if self._tracer is not None:
-            return self._tracer
+        if self.tracer is not None:
+            return self.tracer
         now = monotonic()
-        if now < self._next_check:
+        if now < self.next_check:
             return None
-        self._next_check = now + self.RECHECK_SECONDS
+        self.next_check = now + self.RECHECK_SECONDS
         provider = trace.get_tracer_provider()
         if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
             return None
-        self._tracer = provider.get_tracer(self._tracer_name)
-        return self._tracer
+        self.tracer = provider.get_tracer(self._tracer_name)
+        return self.tracer
 
     # -- server ---------------------------------------------------------------------------------
 
     def start_server(self, record: CallRecord, metadata: Any) -> None:
-        tracer = self._tracer
-        if tracer is None and monotonic() >= self._next_check:
-            tracer = self._otel_tracer()
+        """Server side; :meth:`Pipeline.start_server` inlines the ids-mode branch."""
+        tracer = self._otel_tracer()
         if tracer is not None:
             parent_ctx = propagate.extract(metadata or (), getter=_GETTER)
             span = tracer.start_span(
@@ -113,18 +115,9 @@ class Tracing:
             )
             record.otel_span = (span, otel_context.attach(trace.set_span_in_context(span)))
             record.trace = _ids_from_span(span)
+            record.ids_token = CURRENT_IDS.set(record.trace)
         else:
-            # Only keep the header and draw the random bits here; resolve_ids validates and
-            # formats later, when (if) something reads the ids.
-            incoming = None
-            if metadata:
-                for key, value in metadata:
-                    if key == TRACEPARENT:
-                        if type(value) is str:
-                            incoming = value
-                        break
-            record.trace = (incoming, _getrandbits(192))
-        record.ids_token = CURRENT_IDS.set(record.trace)
+            start_ids(record, metadata)
 
     # -- client ---------------------------------------------------------------------------------
 
