@@ -1,0 +1,129 @@
+"""Deferred telemetry: what a user sees must not depend on when the batches run.
+
+The request path only appends to a queue (see collector/_deferred.py). These tests pin the
+promises that make that invisible: a scrape is exact at the moment it is read (in-flight calls
+included), the background thread delivers metrics and logs without any scrape or flush, a starved
+thread never loses a call, and lazily formatted trace ids are the same for every reader.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import _svc
+import grpc
+from _calls import labels
+from prometheus_client import CollectorRegistry
+
+import rpcscope
+from rpcscope import schema
+from rpcscope.collector._core import CallRecord, MethodInfo
+from rpcscope.collector._deferred import DeferredMetrics
+from rpcscope.testing import CaptureSink, sample_value, wait_until
+
+
+def test_scrape_sees_in_flight_and_finished_calls_at_once(
+        make_scope: Callable[..., rpcscope.Scope], serve_sync: Callable[..., int],
+        sync_channel: Callable[..., grpc.Channel]) -> None:
+    scope = make_scope()
+    unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
+    future = unary.future(b"sleep:1.0")
+    # started is appended when the call begins; a scrape folds it in: 1 in flight, 0 handled.
+    wait_until(lambda: sample_value(scope.registry, schema.SERVER_STARTED, labels("Unary")) == 1)
+    assert sample_value(scope.registry, schema.SERVER_HANDLED, labels("Unary", grpc_code="OK")) \
+        in (None, 0)
+    assert future.result(timeout=5) == b"reply:sleep:1.0"
+    assert unary(b"ok") == b"reply:ok"
+    # No waiting: the very next read is exact.
+    assert sample_value(scope.registry, schema.SERVER_HANDLED,
+                        labels("Unary", grpc_code="OK")) == 2
+
+
+def test_background_thread_delivers_without_scrape_or_flush(
+        make_scope: Callable[..., rpcscope.Scope], sink: CaptureSink,
+        serve_sync: Callable[..., int], sync_channel: Callable[..., grpc.Channel]) -> None:
+    scope = make_scope()
+    unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
+    for _ in range(5):
+        unary(b"ok")
+    deferred = scope._metrics.deferred if scope._metrics is not None else None
+    assert deferred is not None
+    # Nobody scrapes or flushes: the thread alone must fold the calls in and hand them on.
+    wait_until(lambda: not deferred.pending, message="deferred queue drained by its thread")
+    wait_until(lambda: len(sink.access_logs("server")) == 5, message="5 access logs")
+    assert deferred.thread is not None and deferred.thread.is_alive()
+
+
+def test_starved_thread_never_loses_a_call() -> None:
+    """Past max_pending the producer folds the queue in itself: bounded memory, exact counts."""
+    registry = CollectorRegistry()
+    deferred = DeferredMetrics(registry, (0.1, 1.0), exemplars=False, interval=3600,
+                               max_pending=10)
+    forwarded: list[CallRecord] = []
+    deferred.forward = forwarded.extend
+    deferred.log_components = frozenset({"server"})
+    agg = deferred.for_method("server", ("unary", "pkg.S", "M"))
+    info = MethodInfo("server", "/pkg.S/M", "pkg.S", "M", "unary", agg)
+    deferred.kick()  # start the thread now; with a 1 h interval it never drains by itself
+    for i in range(95):
+        deferred.pending.append(agg)
+        record = CallRecord(info)
+        record.duration_ns = 50_000_000
+        record.code = "OK" if i % 5 else "NotFound"
+        deferred.finished(record)
+        assert len(deferred.pending) <= 11
+    handled = {code: registry.get_sample_value(
+        schema.SERVER_HANDLED, {"grpc_type": "unary", "grpc_service": "pkg.S",
+                                "grpc_method": "M", "grpc_code": code})
+        for code in ("OK", "NotFound")}
+    assert handled == {"OK": 76, "NotFound": 19}
+    labels_ = {"grpc_type": "unary", "grpc_service": "pkg.S", "grpc_method": "M"}
+    assert registry.get_sample_value(schema.SERVER_STARTED, labels_) == 95
+    assert registry.get_sample_value(schema.SERVER_HANDLING_SECONDS + "_bucket",
+                                     {**labels_, "le": "0.1"}) == 95
+    assert len(forwarded) == 95
+    deferred.close()
+
+
+def test_lazily_formatted_ids_agree_for_every_reader(
+        make_scope: Callable[..., rpcscope.Scope], sink: CaptureSink,
+        serve_sync: Callable[..., int], sync_channel: Callable[..., grpc.Channel]) -> None:
+    """An invalid traceparent starts a new trace; the handler, the access log and the exemplar
+    must all name the same one, though each formats it at a different time and thread."""
+    seen: list[tuple[str, str] | None] = []
+
+    def handler(request: bytes, context: Any) -> bytes:
+        seen.append(rpcscope.current_trace_ids())
+        return request
+
+    scope = make_scope()
+    port = serve_sync(scope.server_interceptors(), handlers=[grpc.method_handlers_generic_handler(
+        "t.v1.T", {"M": grpc.unary_unary_rpc_method_handler(handler)})])
+    call = sync_channel(port).unary_unary("/t.v1.T/M")
+    for header in ("garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", None):
+        call(b"x", metadata=() if header is None else (("traceparent", header),))
+    scope.flush()
+    docs = sink.access_logs("server")
+    assert len(docs) == 3 and all(ids is not None for ids in seen)
+    assert [(d["trace.id"], d["span.id"]) for d in docs] == seen
+    assert "parent.id" not in docs[0]  # an invalid header is not a parent
+    assert len({d["trace.id"] for d in docs}) == 3
+
+
+def test_concurrent_readers_resolve_the_same_ids() -> None:
+    from rpcscope.collector._core import resolve_ids
+
+    trace = ("not-a-traceparent", 0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321_1111_2222_3333_4444)
+    results: list[tuple[str, str, str | None, str]] = []
+    threads = [threading.Thread(target=lambda: results.append(resolve_ids(trace)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1
+    trace_id, span_id, parent, flags = results[0]
+    assert (trace_id, span_id, parent, flags) == (
+        "123456789abcdef00fedcba987654321", "1111222233334444", None, "01")
