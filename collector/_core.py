@@ -64,9 +64,10 @@ def resolve_ids(trace: TraceIds) -> tuple[str, str, str | None, str]:
         return trace
     incoming, bits = trace
     span = f"{(bits & _SPAN_MASK) or 1:016x}"
-    parent = parse_traceparent(incoming) if incoming is not None else None
-    if parent is not None:
-        return parent[0], span, parent[1], parent[2]
+    if incoming is not None:
+        parent = parse_traceparent(incoming)
+        if parent is not None:
+            return parent[0], span, parent[1], parent[2]
     return f"{(bits >> 64) or 1:032x}", span, None, "01"
 
 

@@ -146,17 +146,20 @@ class DeferredMetrics(Collector):
         out: list[CallRecord] = []
         with self._lock:
             pending = self.pending
+            popleft = pending.popleft
             bounds = self._bounds
             exemplars = self._exemplars
+            code_index = _CODE_INDEX.get
+            keep = out.append if forward is not None else None
             for _ in range(len(pending)):
-                item = pending.popleft()
+                item = popleft()
                 if type(item) is MethodAggregate:
                     item.counts[_STARTED] += 1
                     continue
                 try:
                     agg: MethodAggregate = item.info.metrics
                     counts = agg.counts
-                    counts[_HANDLED + _CODE_INDEX.get(item.code, 2)] += 1
+                    counts[_HANDLED + code_index(item.code, 2)] += 1
                     counts[_RECEIVED] += item.msgs_in
                     counts[_SENT] += item.msgs_out
                     seconds = item.duration_ns / 1e9
@@ -167,8 +170,8 @@ class DeferredMetrics(Collector):
                         agg.exemplars[i] = (item.trace, seconds, item.end_wall_ns / 1e9)
                 except Exception:
                     self.on_error("metrics")
-                if forward is not None and item.info.component in components:
-                    out.append(item)
+                if keep is not None and item.info.component in components:
+                    keep(item)
         if out and forward is not None:
             try:
                 forward(out)

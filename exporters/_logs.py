@@ -66,7 +66,7 @@ class StreamSink(LineSink):
 
     def write_lines(self, lines: Sequence[str]) -> int:
         stream = self._stream if self._stream is not None else sys.stdout
-        text = "\n".join(lines) + "\n"
+        text = "\n".join((*lines, ""))  # one allocation, trailing newline included
         try:
             stream.write(text)
         except UnicodeEncodeError:
@@ -92,7 +92,7 @@ class FileSink(LineSink):
             self._file = open(self.path, "a", encoding="utf-8",  # noqa: SIM115 - long-lived
                               errors="backslashreplace")
             self._pid = os.getpid()
-        self._file.write("\n".join(lines) + "\n")
+        self._file.write("\n".join((*lines, "")))  # one allocation, trailing newline included
         self._file.flush()
         return len(lines)
 
