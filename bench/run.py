@@ -1,35 +1,39 @@
 """Overhead benchmark (issue 2 §6): server CPU per call, throughput and latency vs a bare server.
 
-``make bench`` runs this file. Each (mode, config) is measured on ``--procs`` K independent server
-processes (``bench/server.py``; see there for why a config gets processes of its own).
+``make bench`` runs this file. The extra CPU of a config is a **paired difference inside one server
+process**: ``--procs`` K switch processes per mode (``bench/server.py`` in switch mode) each build
+every config at once, and a control command selects which one the next phase runs under.
 
-Why K processes and not one: the spread between processes dwarfs the spread between repetitions.
-Twin processes of the same config, measured interleaved, keep different CPU costs for their whole
-life, as if each drew a lottery ticket at start-up (thread placement, memory layout): three bare
-sync servers measured for 30 x 500 calls each had medians of 340.5, 310.7 and 310.7 µs/call, one
-~30 µs/call worse throughout. Six bare sync servers measured for 10 x 500 calls each had means of
-312.7 to 354.8 µs/call; their spread (sd 17.7) is twice what their repetition noise explains (sd
-26 per phase, so 8.2 for a mean of 10), i.e. a process effect of ~16 µs/call sd, as large as the
-differences this benchmark is after. With one process per config the "extra CPU over bare" was
-largely that draw (a no-op interceptor that costs < 1 µs per call in-process once came out at +21
-µs), and more repetitions of the same processes cannot average it away: only more processes can.
+Why pair inside a process: twin server processes differ by ~15 µs/call sd for their whole life, as
+if each drew a lottery ticket at start-up (thread placement, memory layout): three bare sync
+servers measured for 30 x 500 calls each had medians of 340.5, 310.7 and 310.7 µs/call; six had
+means of 312.7 to 354.8 µs/call, a process effect of ~16 µs/call sd on top of the repetition noise,
+as large as the differences this benchmark is after. With a process per config, "config minus
+bare" compared two lottery tickets (a no-op interceptor that costs < 1 µs per call in-process once
+came out at +21 µs), and the previous cure, K processes per config, only shrinks the lottery by
+√K. A config phase minus a bare phase *of the same process* does not draw at all: the lottery
+cancels. A first run of the prototype (4 processes x 8 repetitions x 500 calls, sync) gave
+py-grpc-prometheus +44.0 µs/call with per-process values 39 to 49, far tighter than before.
 
-Method, one mode after the other (all of a mode's servers are stopped before the next mode's
-start, so idle processes and their threads do not pile up):
+``grpcio-observability`` cannot be switched (a process-global plugin registered before the server
+exists, instrumenting every call): it runs in K processes of its own, compared with the bare
+phases of the switch processes, i.e. *across* processes, lottery included (its extra, +55 to
++135 µs/call in the runs so far, is well beyond the lottery, and the verdict does not use it).
 
-1. start K processes of every config and warm each up;
-2. every repetition runs one phase of ``--calls`` calls on every (config, process) of the mode, in
-   an order shuffled afresh per repetition (seeded by ``--seed``, so reruns repeat it): every
-   server gets a random position and random neighbours, so slow patches of the machine and any
-   carry-over from the phase before fall on all configs alike (a rotation by one slot per
-   repetition would move each of the ~50 slots by only ~10 positions over a run, and would keep
-   every slot's neighbour the same every time);
-3. per process: the median over its repetitions; per config: the median over its K processes;
-   extra CPU = config minus bare. The bracket beside each extra is the range of the config's
-   per-process medians minus bare's value, i.e. the process lottery, shown, not hidden.
+Method, one mode after the other (a mode's servers are stopped before the next mode's start):
 
-    .venv/bin/python bench/run.py                          # defaults: about 10 minutes
-    .venv/bin/python bench/run.py --procs 12               # tighter numbers, ~15 minutes
+1. start K switch processes (every switchable config) and K processes per unswitchable config;
+   warm every (process, config) up;
+2. every repetition runs one phase of ``--calls`` calls on every (process, config), in an order
+   shuffled afresh per repetition (seeded by ``--seed``, so reruns repeat it): slow patches of
+   the machine and any carry-over from the phase before fall on all configs alike;
+3. per (process, config): the median over repetitions; per switch process: extra = median(config)
+   minus median(bare) of that process; estimate = median over the K processes of those extras,
+   bracket = their min .. max. Throughput and latency: per-process ratios (deltas) vs bare, then
+   the median over processes.
+
+    .venv/bin/python bench/run.py                          # defaults: about 11 minutes
+    .venv/bin/python bench/run.py --reps 60                # tighter numbers, ~18 minutes
     .venv/bin/python bench/run.py --profile rpcscope-full  # where does the time go?
     .venv/bin/python bench/run.py --smoke --out /tmp/b.md  # seconds; proves the harness works
 
@@ -60,7 +64,7 @@ from typing import Any, TextIO
 
 import grpc
 from client import Phase, aio_phase, percentile, sync_phase
-from server import CONFIGS, DESCRIPTIONS, DIAGNOSTIC_CONFIGS, FULL_METHOD
+from server import CONFIGS, DESCRIPTIONS, DIAGNOSTIC_CONFIGS, FULL_METHOD, UNSWITCHABLE
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -96,17 +100,19 @@ OWN_CODE = {
     "py-grpc-prometheus": r"(py_grpc_prometheus|prometheus_client)/",
     "otel-grpc": r"opentelemetry/",
 }
-#: Per server, counted from when the harness starts waiting; a mode starts ~40 servers at once.
+#: Per server, counted from when the harness starts waiting; a mode starts its servers at once.
 START_TIMEOUT_S = 120.0
-#: Defaults sized for ``make bench`` (7 configs, both modes) to take about 10 minutes on 2 CPUs.
-#: Measured 2026-11-26 (8 processes x 800 calls, 2-3 repetitions, all configs): ~44 s per
-#: repetition over both modes, plus ~150 s of start-up, warm-up, stops, grpcio-observability's aio
-#: hangs (~10 s per hung process, most of its 8 hang) and the micro-benchmark: ~590 s in all.
-#: More processes rather than more repetitions: the process effect (sd ~12-16 µs/call) outweighs
-#: the repetition noise of a process's median at 10 x 800 calls (~7 µs/call).
-DEFAULT_PROCS = 8
-DEFAULT_CALLS = 800
-DEFAULT_REPS = 10
+#: Defaults sized for ``make bench`` (7 configs, both modes) to take about 11 minutes on 2 CPUs.
+#: Measured 2026-11-26 (5 switch + 5 grpcio-observability processes per mode, 4 x 500 calls, idle
+#: machine): a phase of 500 calls takes ~0.24 s sync and ~0.18 s aio, so ~9 + ~6 s per repetition
+#: over both modes (35 phases each), ~15-16 s with some load; on top come ~130 s of start-up,
+#: warm-up, grpcio-observability's aio hangs (~12 s per hung process; most of its 5 hang) and the
+#: micro-benchmark. 32 repetitions: ~510 + ~130 s. More repetitions rather than more processes:
+#: pairing inside a process cancels the process lottery, so what is left to average is the phase
+#: noise (sd per phase of 500 calls: ~8-30 µs/call sync, ~40 aio).
+DEFAULT_PROCS = 5
+DEFAULT_CALLS = 500
+DEFAULT_REPS = 32
 CONTROL_TIMEOUT_S = 30.0
 
 
@@ -118,13 +124,20 @@ class ServerError(RuntimeError):
 
 
 class ServerProc:
-    """A ``bench/server.py`` child and its stdin/stdout control channel."""
+    """A ``bench/server.py`` child (one or several configs) and its stdin/stdout control channel."""
 
     def __init__(
-        self, config: str, mode: str, workdir: str, name: str, profile: str | None = None
+        self,
+        configs: list[str],
+        mode: str,
+        workdir: str,
+        name: str,
+        profile: str | None = None,
+        switch: bool = True,
     ) -> None:
-        self.config, self.mode = config, mode
-        # A log dir per process: two processes of one config must not share an access log.
+        self.configs, self.mode = configs, mode
+        self.active: str | None = None
+        # A log dir per process (and, inside, per config): no two configs share an access log.
         log_dir = os.path.join(workdir, name)
         os.makedirs(log_dir, exist_ok=True)
         self.stderr_path = os.path.join(workdir, f"{name}.stderr")
@@ -132,12 +145,14 @@ class ServerProc:
             sys.executable,
             str(SERVER),
             "--config",
-            config,
+            ",".join(configs),
             "--mode",
             mode,
             "--log-dir",
             log_dir,
         ]
+        if switch:
+            cmd.append("--switch")
         if profile:
             cmd += ["--profile", profile]
         self._stderr: TextIO = open(self.stderr_path, "w")  # noqa: SIM115 - lives with the child
@@ -157,25 +172,28 @@ class ServerProc:
             raise ServerError(f"did not start: {line or self.stderr_tail()}")
         self.port = int(line.split()[1])
 
-    def cpu_ns(self, timeout: float = CONTROL_TIMEOUT_S) -> int:
-        """Flush the config's telemetry buffers, then read the process CPU time (all threads)."""
+    def _ask(self, command: str, answer: str, timeout: float = CONTROL_TIMEOUT_S) -> str:
         assert self.proc.stdin is not None
-        self.proc.stdin.write("sample\n")
+        self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
         line = self._readline(timeout)
-        if not line.startswith("CPU "):
+        if not line.startswith(answer):
             raise ServerError(f"bad control answer {line!r}: {self.stderr_tail()}")
-        return int(line.split()[1])
+        return line[len(answer) :]
 
-    def observed(self) -> dict[str, int]:
-        """What the instrumentation itself recorded so far (see ``stats`` in bench/server.py)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        line = self._readline(CONTROL_TIMEOUT_S)
-        if not line.startswith("STATS "):
-            raise ServerError(f"bad control answer {line!r}: {self.stderr_tail()}")
-        return dict(json.loads(line[6:]))
+    def use(self, config: str) -> None:
+        """Make ``config`` the one the next calls run under (a no-op if it already is)."""
+        if self.active != config:
+            self._ask(f"use {config}", f"OK {config}")
+            self.active = config
+
+    def cpu_ns(self, timeout: float = CONTROL_TIMEOUT_S) -> int:
+        """Flush the active config's telemetry buffers, then read the process CPU (all threads)."""
+        return int(self._ask("sample", "CPU ", timeout))
+
+    def observed(self) -> dict[str, dict[str, int]]:
+        """What each config's instrumentation recorded so far, by config (``stats``)."""
+        return dict(json.loads(self._ask("stats", "STATS ")))
 
     def _readline(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -254,7 +272,7 @@ RECORDS_NOTHING = (BARE, *DIAGNOSTIC_CONFIGS)
 
 @dataclass
 class Sample:
-    """One phase: one repetition on one server process."""
+    """One phase: one repetition of one config on one server process."""
 
     rep: int
     calls: int
@@ -265,18 +283,45 @@ class Sample:
 
 
 @dataclass
+class Process:
+    """One server process: a switch process (``paired``: every switchable config of the mode, bare
+    included) or a process of its own for an unswitchable config (``own``)."""
+
+    mode: str
+    kind: str  # "paired" or "own"
+    index: int  # 0..K-1 within its kind (and, for "own", its config)
+    configs: list[str]
+    server: ServerProc | None = None
+    skipped: str | None = None  # did not start
+    failure: str | None = None  # stopped answering part-way: every config of it is retired
+
+    @property
+    def name(self) -> str:
+        what = "switch" if self.kind == "paired" else "-".join(self.configs)
+        return f"{self.mode}-{what}-p{self.index + 1}"
+
+
+@dataclass
 class Slot:
-    """One server process: (mode, config, process number 0..K-1) and what it measured."""
+    """One (mode, config, process): the phases of one config in one server process."""
 
     mode: str
     config: str
-    proc: int
-    server: ServerProc | None = None
+    proc: int  # the process's index; for a paired config, bare's slot of the same index pairs it
+    process: Process | None = None  # None: the config was skipped before any process existed
     samples: list[Sample] = field(default_factory=list)
     skipped: str | None = None  # why it did not run (not installed, failed to start)
     failure: str | None = None  # why it stopped part-way (stall, error)
-    sent: int = 0  # successful calls, warm-up included
+    sent: int = 0  # successful calls under this config, warm-up included
     observed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def paired(self) -> bool:
+        return self.config not in UNSWITCHABLE
+
+    @property
+    def server(self) -> ServerProc | None:
+        return self.process.server if self.process is not None else None
 
     @property
     def name(self) -> str:
@@ -286,8 +331,13 @@ class Slot:
     def label(self) -> str:
         return f"{self.mode}/{self.config}#{self.proc + 1}"
 
+    @property
+    def live(self) -> bool:
+        return self.server is not None and self.skipped is None and self.failure is None
+
     def call(self, clients: Clients, calls: int) -> Phase:
         assert self.server is not None
+        self.server.use(self.config)
         phase = clients.run(self.server, calls)
         self.sent += len(phase.latencies_ns)
         return phase
@@ -300,19 +350,23 @@ class Slot:
 
 
 def measure(slot: Slot, clients: Clients, calls: int, rep: int) -> None:
-    assert slot.server is not None
-    before = slot.server.cpu_ns()
+    """One phase. A failed call fails the slot; a server that then stops answering raises."""
+    server = slot.server
+    assert server is not None
+    server.use(slot.config)  # before the first CPU reading: switching is not part of the phase
+    before = server.cpu_ns()
     phase = slot.call(clients, calls)
     if phase.error is not None:
         slot.failure = f"rep {rep + 1}: {phase.error}"
         try:
-            slot.server.cpu_ns(timeout=5.0)
-        except ServerError:
-            slot.failure += (
-                "; the server process then stopped answering its control thread too (hung)"
-            )
+            server.cpu_ns(timeout=5.0)
+        except ServerError as exc:
+            raise ServerError(
+                f"{slot.failure}; the server process then stopped answering its control "
+                "thread too (hung)"
+            ) from exc
         return
-    after = slot.server.cpu_ns()
+    after = server.cpu_ns()
     latencies = sorted(phase.latencies_ns)
     slot.samples.append(
         Sample(
@@ -326,40 +380,80 @@ def measure(slot: Slot, clients: Clients, calls: int, rep: int) -> None:
     )
 
 
-def start_servers(slots: list[Slot], workdir: str, profile_dir: str | None) -> None:
-    for slot in slots:
-        module = REQUIRES.get(slot.config)
+def plan(mode: str, args: argparse.Namespace, profiling: bool) -> tuple[list[Process], list[Slot]]:
+    """The processes of one mode and a slot per (config, process); uninstalled configs skipped."""
+    slots: list[Slot] = []
+    available = []
+    for config in args.configs:
+        module = REQUIRES.get(config)
         if module is not None and importlib.util.find_spec(module.split(".")[0]) is None:
-            slot.skipped = f"not installed (`import {module}` fails)"
-            continue
-        profile = os.path.join(profile_dir, f"{slot.name}.prof") if profile_dir else None
-        slot.server = ServerProc(slot.config, slot.mode, workdir, slot.name, profile)
-    for slot in slots:
-        if slot.server is None:
-            continue
+            why = f"not installed (`import {module}` fails)"
+            slots += [Slot(mode, config, k, skipped=why) for k in range(args.procs)]
+        else:
+            available.append(config)
+    processes = []
+    if profiling:  # one config, alone, as a user would run it: no switch in the profile
+        processes = [Process(mode, "own", 0, [c]) for c in available]
+    else:
+        switchable = [c for c in available if c not in UNSWITCHABLE]
+        if switchable:
+            processes += [Process(mode, "paired", k, switchable) for k in range(args.procs)]
+        for config in available:
+            if config in UNSWITCHABLE:
+                processes += [Process(mode, "own", k, [config]) for k in range(args.procs)]
+    for process in processes:
+        slots += [Slot(mode, config, process.index, process) for config in process.configs]
+    return processes, slots
+
+
+def start_servers(
+    processes: list[Process],
+    slots: list[Slot],
+    workdir: str,
+    profile_dir: str | None,
+) -> None:
+    for process in processes:
+        profile = os.path.join(profile_dir, f"{process.name}.prof") if profile_dir else None
+        process.server = ServerProc(
+            process.configs,
+            process.mode,
+            workdir,
+            process.name,
+            profile,
+            switch=profile_dir is None,
+        )
+    for process in processes:
+        assert process.server is not None
         try:
-            slot.server.wait_ready()
+            process.server.wait_ready()
         except ServerError as exc:
-            slot.skipped = str(exc)
-            slot.server.stop()
-            slot.server = None
+            process.skipped = str(exc)
+            process.server.stop()
+            process.server = None
+            for slot in slots:
+                if slot.process is process:
+                    slot.skipped = process.skipped
 
 
-def retire(slot: Slot) -> None:
+def retire_process(process: Process, slots: list[Slot], why: str) -> None:
     """Stop a server that failed now, not at the end of the mode: a hung process may keep
-    burning CPU, and with K processes per config several may hang (grpcio-observability on aio
-    does), which would tax every phase measured after it.
+    burning CPU, and several may hang (grpcio-observability on aio does), which would tax every
+    phase measured after it. Every config of the process is retired with it.
     """
-    log(f"{slot.label} failed: {slot.failure}; stopping it")
-    if slot.server is not None:
-        slot.server.stop(timeout=2.0)
+    log(f"{process.name} failed: {why}; stopping it")
+    process.failure = why
+    for slot in slots:
+        if slot.process is process and slot.failure is None:
+            slot.failure = why
+    if process.server is not None:
+        process.server.stop(timeout=2.0)
 
 
-def stop_servers(slots: list[Slot], timeout: float = 10.0) -> None:
+def stop_servers(processes: list[Process], timeout: float = 10.0) -> None:
     """Ask every server to quit first, then wait: they flush and shut down in parallel, and
     hung ones (grpcio-observability, see ``ServerProc.stop``) share one deadline, not 10 s each.
     """
-    servers = [s.server for s in slots if s.server is not None]
+    servers = [p.server for p in processes if p.server is not None]
     for server in servers:
         server.request_stop()
     deadline = time.monotonic() + timeout
@@ -370,48 +464,74 @@ def stop_servers(slots: list[Slot], timeout: float = 10.0) -> None:
 def run_mode(
     mode: str, args: argparse.Namespace, workdir: str, profile_dir: str | None
 ) -> list[Slot]:
-    """Start K servers of every config of one mode, warm them up, measure, stop them."""
-    slots = [Slot(mode, config, proc) for proc in range(args.procs) for config in args.configs]
+    """Start one mode's servers, warm every (process, config) up, measure, stop them."""
+    processes, slots = plan(mode, args, profiling=profile_dir is not None)
     began = time.monotonic()
-    start_servers(slots, workdir, profile_dir)
-    live = [s for s in slots if s.server is not None]
-    log(f"{mode}: {len(live)} servers up in {time.monotonic() - began:.1f}s")
+    start_servers(processes, slots, workdir, profile_dir)
+    up = [p for p in processes if p.server is not None]
+    log(f"{mode}: {len(up)} server processes up in {time.monotonic() - began:.1f}s")
     clients = Clients(args.concurrency)
     # Seeded per mode, so a rerun with the same --seed visits in the same order.
     rng = random.Random(f"{args.seed}/{mode}")
+
+    def visit(slot: Slot, rep: int | None) -> None:
+        process = slot.process
+        assert process is not None
+        try:
+            if rep is None:
+                phase = slot.call(clients, args.warmup)
+                if phase.error is not None:
+                    slot.failure = f"warm-up: {phase.error}"
+            else:
+                measure(slot, clients, args.calls, rep)
+        except ServerError as exc:
+            # One process misbehaving must not cost the others their results.
+            retire_process(
+                process,
+                slots,
+                f"{'warm-up' if rep is None else f'rep {rep + 1}'}: server control: {exc}",
+            )
+        if slot.failure is not None and process.failure is None:
+            log(f"{slot.label} failed: {slot.failure}")
+            if not slot.paired or len(process.configs) == 1 or slot.config == BARE:
+                retire_process(process, slots, slot.failure)
+
     try:
         began = time.monotonic()
-        for slot in live:
-            phase = slot.call(clients, args.warmup)
-            if phase.error is not None:
-                slot.failure = f"warm-up: {phase.error}"
-                retire(slot)
-        log(f"{mode}: warm-up ({args.warmup} calls per server) in {time.monotonic() - began:.1f}s")
+        for slot in slots:
+            if slot.live:
+                visit(slot, None)
+        log(
+            f"{mode}: warm-up ({args.warmup} calls per process and config) in "
+            f"{time.monotonic() - began:.1f}s"
+        )
         for rep in range(args.reps):
-            # A fresh shuffle of every (config, process) per repetition: see the module docstring.
-            order = [s for s in live if s.failure is None]
+            # A fresh shuffle of every (process, config) per repetition: see the module docstring.
+            order = [s for s in slots if s.live]
             rng.shuffle(order)
             began = time.monotonic()
             for slot in order:
-                try:
-                    measure(slot, clients, args.calls, rep)
-                except ServerError as exc:
-                    # One process misbehaving must not cost the others their results.
-                    slot.failure = f"rep {rep + 1}: server control: {exc}"
-                if slot.failure is not None:
-                    retire(slot)
-            log(f"{mode}: rep {rep + 1}/{args.reps} done in {time.monotonic() - began:.1f}s")
-        for slot in live:
-            assert slot.server is not None
-            if slot.failure is None:
-                try:
-                    slot.observed = slot.server.observed()
-                except ServerError as exc:
-                    slot.failure = f"stats: {exc}"
+                if slot.live:  # a process retired earlier in this repetition is skipped
+                    visit(slot, rep)
+            log(
+                f"{mode}: rep {rep + 1}/{args.reps} ({len(order)} phases) done in "
+                f"{time.monotonic() - began:.1f}s"
+            )
+        for process in processes:
+            if process.server is None or process.failure is not None:
+                continue
+            try:
+                observed = process.server.observed()
+            except ServerError as exc:
+                retire_process(process, slots, f"stats: {exc}")
+                continue
+            for slot in slots:
+                if slot.process is process:
+                    slot.observed = observed.get(slot.config, {})
     finally:
         began = time.monotonic()
         clients.close()
-        stop_servers(slots)
+        stop_servers(processes)
         log(f"{mode}: servers stopped in {time.monotonic() - began:.1f}s")
     return slots
 
@@ -430,7 +550,7 @@ med = statistics.median
 
 @dataclass
 class ProcStats:
-    """Medians over the repetitions of one server process."""
+    """Medians over the repetitions of one config in one server process."""
 
     proc: int
     reps: int
@@ -441,7 +561,7 @@ class ProcStats:
 
 
 def proc_stats(slot: Slot) -> ProcStats | None:
-    """A process counts only if it completed every repetition: a failure makes it atypical."""
+    """A slot counts only if it completed every repetition: a failure makes it atypical."""
     if slot.failure is not None or slot.skipped is not None or not slot.samples:
         return None
     x = slot.samples
@@ -457,61 +577,85 @@ def proc_stats(slot: Slot) -> ProcStats | None:
 
 @dataclass
 class Row:
-    """One (mode, config): medians over its processes of each process's medians over reps."""
+    """One (mode, config): medians over its processes of per-process comparisons with bare."""
 
     mode: str
     config: str
-    procs: int  # processes that completed every repetition: the estimate is over these
-    cpu_us: float
-    extra_cpu_us: float  # cpu_us minus bare's cpu_us (bare: 0)
-    extra_cpu_min: float  # the config's lowest per-process median minus bare's cpu_us
-    extra_cpu_max: float  # ... and the highest: the process lottery, made visible
+    paired: bool  # True: compared with bare inside each process; False: with bare's processes
+    procs: int  # processes that completed every repetition (and, if paired, bare too)
+    cpu_us: float  # median over processes of the per-process median CPU µs/call
+    extra_cpu_us: float  # median over processes of (config - bare); bare: 0
+    extra_cpu_min: float  # the lowest per-process extra (bare: lowest median minus bare's median)
+    extra_cpu_max: float  # ... and the highest
     calls_per_s: float
-    throughput_ratio: float
+    throughput_ratio: float  # median over processes of calls/s vs bare
     p50_us: float
     p50_delta_us: float
     p99_us: float
     p99_ratio: float
     cpu_by_proc: dict[int, float]  # process number -> its median CPU µs/call
+    extra_by_proc: dict[int, float]  # process number -> its extra over bare (bare: 0)
 
 
 def analyse(slots: list[Slot]) -> list[Row]:
-    stats: dict[tuple[str, str], list[ProcStats]] = {}
+    stats: dict[tuple[str, str], dict[int, ProcStats]] = {}
     for slot in slots:
         ps = proc_stats(slot)
         if ps is not None:
-            stats.setdefault((slot.mode, slot.config), []).append(ps)
-
-    # Median, not mean, over the K processes: the lottery is lopsided. Most processes of a
-    # config land close together and the odd one runs ~10% slower for its whole life; with K=8
-    # a mean moves ~4 µs/call per unlucky process, the median barely moves. (The cost: for
-    # well-behaved noise a median is a little less efficient than a mean.)
-    def centre(ps: list[ProcStats], attr: str) -> float:
-        return float(med(getattr(p, attr) for p in ps))
+            stats.setdefault((slot.mode, slot.config), {})[slot.proc] = ps
 
     rows = []
     for (mode, config), group in stats.items():
         bare = stats.get((mode, BARE))
         if not bare:
             continue
-        base_cpu = centre(bare, "cpu_us")
-        cpu = centre(group, "cpu_us")
+        # The reference of each process: bare in the same process when the config could share
+        # it; else (grpcio-observability) bare's medians over the switch processes, i.e. a
+        # comparison across processes, process lottery included.
+        ref: dict[int, ProcStats]
+        paired = config not in UNSWITCHABLE
+        if paired:
+            ref = {k: bare[k] for k in group if k in bare}
+        else:
+            centre = ProcStats(
+                -1,
+                0,
+                med(b.cpu_us for b in bare.values()),
+                med(b.calls_per_s for b in bare.values()),
+                med(b.p50_us for b in bare.values()),
+                med(b.p99_us for b in bare.values()),
+            )
+            ref = dict.fromkeys(group, centre)
+        used = {k: v for k, v in group.items() if k in ref}
+        if not used:
+            continue
+        extra = {k: v.cpu_us - ref[k].cpu_us for k, v in used.items()}
+        if config == BARE:
+            mid = med(v.cpu_us for v in used.values())
+            low = min(v.cpu_us for v in used.values()) - mid
+            high = max(v.cpu_us for v in used.values()) - mid
+        else:
+            low, high = min(extra.values()), max(extra.values())
         rows.append(
             Row(
                 mode=mode,
                 config=config,
-                procs=len(group),
-                cpu_us=cpu,
-                extra_cpu_us=cpu - base_cpu,
-                extra_cpu_min=min(p.cpu_us for p in group) - base_cpu,
-                extra_cpu_max=max(p.cpu_us for p in group) - base_cpu,
-                calls_per_s=centre(group, "calls_per_s"),
-                throughput_ratio=centre(group, "calls_per_s") / centre(bare, "calls_per_s"),
-                p50_us=centre(group, "p50_us"),
-                p50_delta_us=centre(group, "p50_us") - centre(bare, "p50_us"),
-                p99_us=centre(group, "p99_us"),
-                p99_ratio=centre(group, "p99_us") / centre(bare, "p99_us"),
-                cpu_by_proc={p.proc: p.cpu_us for p in group},
+                paired=paired,
+                procs=len(used),
+                cpu_us=float(med(v.cpu_us for v in used.values())),
+                extra_cpu_us=float(med(extra.values())),
+                extra_cpu_min=low,
+                extra_cpu_max=high,
+                calls_per_s=float(med(v.calls_per_s for v in used.values())),
+                throughput_ratio=float(
+                    med(v.calls_per_s / ref[k].calls_per_s for k, v in used.items())
+                ),
+                p50_us=float(med(v.p50_us for v in used.values())),
+                p50_delta_us=float(med(v.p50_us - ref[k].p50_us for k, v in used.items())),
+                p99_us=float(med(v.p99_us for v in used.values())),
+                p99_ratio=float(med(v.p99_us / ref[k].p99_us for k, v in used.items())),
+                cpu_by_proc={k: v.cpu_us for k, v in used.items()},
+                extra_by_proc=extra,
             )
         )
     rows.sort(key=lambda r: (MODES.index(r.mode), ORDER.index(r.config)))
@@ -528,17 +672,19 @@ class Verdict:
 BOOTSTRAP_ROUNDS = 2000
 
 
-def bootstrap_met(bare: list[float], full: list[float], prom: list[float], seed: str) -> float:
-    """Share of resamplings (with replacement) of each config's processes meeting the target.
+def bootstrap_met(full: list[float], prom: list[float], seed: str) -> float:
+    """Share of resamplings (with replacement) of the processes that meet the target.
 
-    Crude with K ~ 6 processes, but it folds the lottery of all three configs into one number.
+    ``full[i]`` and ``prom[i]`` are the extras of the same process, so a process is drawn with
+    both (a paired bootstrap). Crude with K ~ 5 processes, but it says how firm the verdict is.
     """
     rng = random.Random(seed)
     met = 0
+    n = len(full)
     for _ in range(BOOTSTRAP_ROUNDS):
-        b = med(rng.choices(bare, k=len(bare)))
-        f = med(rng.choices(full, k=len(full))) - b
-        p = med(rng.choices(prom, k=len(prom))) - b
+        pick = [rng.randrange(n) for _ in range(n)]
+        f = med(full[i] for i in pick)
+        p = med(prom[i] for i in pick)
         met += p > 0 and f <= p / 2
     return met / BOOTSTRAP_ROUNDS
 
@@ -548,8 +694,8 @@ def verdicts(rows: list[Row], modes: list[str], seed: int = 0) -> list[Verdict]:
     out = []
     for mode in modes:
         by = {r.config: r for r in rows if r.mode == mode}
-        full, prom, bare = by.get(TARGET_CONFIG), by.get(REFERENCE_CONFIG), by.get(BARE)
-        if full is None or prom is None or bare is None:
+        full, prom = by.get(TARGET_CONFIG), by.get(REFERENCE_CONFIG)
+        if full is None or prom is None:
             out.append(Verdict(mode, "N/A", f"{TARGET_CONFIG} or {REFERENCE_CONFIG} did not run"))
             continue
         if prom.extra_cpu_us <= 0:
@@ -557,13 +703,11 @@ def verdicts(rows: list[Row], modes: list[str], seed: int = 0) -> list[Verdict]:
             out.append(Verdict(mode, "INCONCLUSIVE", "py-grpc-prometheus showed no extra CPU"))
             continue
         limit = prom.extra_cpu_us / 2
-        within = sum(v - bare.cpu_us <= limit for v in full.cpu_by_proc.values())
-        share = bootstrap_met(
-            list(bare.cpu_by_proc.values()),
-            list(full.cpu_by_proc.values()),
-            list(prom.cpu_by_proc.values()),
-            f"{seed}/{mode}",
-        )
+        both = sorted(set(full.extra_by_proc) & set(prom.extra_by_proc))
+        f_extra = [full.extra_by_proc[k] for k in both]
+        p_extra = [prom.extra_by_proc[k] for k in both]
+        within = sum(f <= p / 2 for f, p in zip(f_extra, p_extra, strict=True))
+        share = bootstrap_met(f_extra, p_extra, f"{seed}/{mode}") if both else 0.0
         status = "PASS" if full.extra_cpu_us <= limit else "FAIL"
         out.append(
             Verdict(
@@ -574,9 +718,9 @@ def verdicts(rows: list[Row], modes: list[str], seed: int = 0) -> list[Verdict]:
                 f"py-grpc-prometheus {fmt_signed(prom.extra_cpu_us)} "
                 f"[{fmt_signed(prom.extra_cpu_min)} .. {fmt_signed(prom.extra_cpu_max)}] "
                 f"(limit +{limit:.1f}); ratio {full.extra_cpu_us / prom.extra_cpu_us:.2f}; "
-                f"{within}/{full.procs} rpcscope-full processes individually within the limit "
-                f"(vs bare's median); met in {share:.0%} of {BOOTSTRAP_ROUNDS} bootstrap "
-                "resamplings of the processes",
+                f"met inside {within}/{len(both)} processes on their own (each process's "
+                "rpcscope-full extra vs half its own py-grpc-prometheus extra); met in "
+                f"{share:.0%} of {BOOTSTRAP_ROUNDS} bootstrap resamplings of the processes",
             )
         )
     return out
@@ -702,6 +846,10 @@ def process_effect(slots: list[Slot], mode: str) -> str:
     )
 
 
+def own_configs(args: argparse.Namespace) -> list[str]:
+    return [c for c in args.configs if c in UNSWITCHABLE]
+
+
 def render(
     args: argparse.Namespace,
     argv: list[str],
@@ -715,6 +863,12 @@ def render(
 ) -> str:
     v = info["versions"]
     k = args.procs
+    own = own_configs(args)
+    own_text = (
+        f", plus {k} processes of its own for {', '.join(own)} (it cannot be switched)"
+        if own
+        else ""
+    )
     out = [
         "# Benchmarks: instrumentation overhead per unary call",
         "",
@@ -728,11 +882,12 @@ def render(
         f"(the harness itself accounts for about 2); {info['platform']}",
         f"- **Python** {info['python']}; "
         + ", ".join(f"{name} {version}" for name, version in v.items()),
-        f"- **Load:** {k} server processes per (mode, config) x {args.reps} repetitions x "
-        f"{args.calls} calls per phase (after {args.warmup} warm-up calls per process); "
-        f"sync = 1 call in flight, aio = {args.concurrency} in flight; "
-        f"{len(b'x' * 32)}-byte unary echo carrying a `traceparent`; visiting order shuffled "
-        f"per repetition with seed {args.seed}.",
+        f"- **Load:** per mode, {k} switch server processes, each hosting bare and every "
+        "switchable config"
+        f"{own_text}; {args.reps} repetitions x {args.calls} calls per phase and (process, "
+        f"config) (after {args.warmup} warm-up calls each); sync = 1 call in flight, aio = "
+        f"{args.concurrency} in flight; {len(b'x' * 32)}-byte unary echo carrying a "
+        f"`traceparent`; visiting order shuffled per repetition with seed {args.seed}.",
         "",
         "## Target",
         "",
@@ -744,51 +899,69 @@ def render(
         out.append(f"- **{item.mode}: {item.status}** — {item.text}")
     out += [
         "",
-        f"The verdict compares the estimates below (median over {k} processes each). The "
-        "brackets are the range of each config's per-process medians minus bare's estimate; "
-        "the process count says how many rpcscope-full processes alone would have met the "
-        "limit; the bootstrap share resamples the processes of bare, rpcscope-full and "
-        f"py-grpc-prometheus (crude with {k} processes each): a share far from both 0% and "
-        "100% means the verdict is within the noise.",
+        f"The verdict compares the estimates below (median over {k} processes of each "
+        "process's own config-minus-bare difference). The brackets are the range of those "
+        "per-process differences; the process count says in how many processes rpcscope-full's "
+        "extra was at most half of py-grpc-prometheus's extra *in the same process*; the "
+        "bootstrap share resamples the processes (each with both of its differences; crude "
+        f"with {k} processes): a share far from both 0% and 100% means the verdict is within "
+        "the noise.",
         "",
         "## Results",
         "",
         "Server CPU is user + system time of the server process (all threads, including gRPC "
         "core, the access-log writer and span exporters), read with `time.process_time_ns()` "
-        "before and after each phase with every telemetry buffer flushed at both ends, "
-        "divided by the calls.",
+        "before and after each phase with the active config's telemetry buffers flushed at "
+        "both ends, divided by the calls.",
         "",
-        "**Why several processes per config.** Twin server processes of one config do not "
-        "cost the same: each keeps, for its whole life, a CPU cost per call drawn at start-up "
-        "(thread placement, memory layout, ...), and the spread between twins is as large as "
-        "the differences this benchmark is after.",
+        "**Why configs are compared inside one process.** Twin server processes of one config "
+        "do not cost the same: each keeps, for its whole life, a CPU cost per call drawn at "
+        "start-up (thread placement, memory layout, ...), and the spread between twins is as "
+        "large as the differences this benchmark is after.",
     ]
     lottery = [process_effect(slots, mode) for mode in args.modes]
     if any(lottery):
-        out[-1] += " In this run, bare's own processes (identical but for that draw): " + "; ".join(
-            x for x in lottery if x
+        out[-1] += (
+            " In this run, bare's phases in the switch processes (identical but for that "
+            "draw): " + "; ".join(x for x in lottery if x) + "."
         )
-        out[-1] += "."
     out[-1] += (
-        ' With one process per config the "extra CPU over bare" was mostly that draw (a '
-        "no-op interceptor, < 1 µs per call in-process, once came out at +21 µs/call; six bare "
-        "sync servers measured for 10 x 500 calls each once had means from 312.7 to 354.8 "
-        "µs/call, a process effect of ~16 µs/call sd), and more repetitions of the same "
-        "processes cannot average it away; more processes can."
+        ' With one process per config, "extra CPU over bare" compared two such draws (a '
+        "no-op interceptor, < 1 µs per call in-process, once came out at +21 µs/call), and "
+        "running K processes per config only shrank the draw by √K. So each server process "
+        "now builds every config at once behind one *switch* interceptor, and the harness "
+        "selects the config before each phase: the extra CPU of a config is a difference "
+        "between two phases of the same process, where the draw cancels. (The prototype, 4 "
+        "processes x 8 repetitions x 500 calls, sync, put py-grpc-prometheus at +44.0 "
+        "µs/call with per-process values from 39 to 49.)"
     )
     out += [
         "",
-        f"**How the numbers are made.** Modes run one after the other. Per mode, {k} server "
-        "processes of every config are started and warmed up; each repetition then runs one "
-        "phase on every (config, process) in an order shuffled afresh (seeded), so slow "
-        "patches of the machine land on all configs alike. Per process: the median over its "
-        f"repetitions. Per config: the median over its {k} processes (a median, because the "
-        "lottery is lopsided: the odd process runs ~10% slow throughout, and a mean would "
-        "follow it). Extra CPU = config minus bare. Throughput and latency are aggregated the "
-        "same way (median over processes of per-process medians) and compared with bare's. "
-        "A process that failed part-way is left out of its config's numbers and listed.",
-        "",
+        f"**How the numbers are made.** Modes run one after the other. Per mode, {k} switch "
+        "processes are started, each hosting bare and every switchable config (each with its "
+        "own access-log file, and none installing a global OTel provider: the server checks "
+        "that), and every (process, config) is warmed up. Each repetition then runs one phase "
+        "of every (process, config), in an order shuffled afresh (seeded), so slow patches of "
+        "the machine land on all configs alike. Per (process, config): the median over "
+        "repetitions. Per process: extra = that median minus bare's in the same process. "
+        f"Per config: the median over the {k} processes, bracketed by the smallest and "
+        "largest per-process extra. Throughput, p50 and p99 are compared with bare the same "
+        "way (per-process ratio or difference, then the median over processes); the absolute "
+        "columns are medians over processes of per-process medians. A config that failed "
+        "part-way in a process is left out there and listed.",
     ]
+    if own:
+        out += [
+            "",
+            f"**Not paired: {', '.join(own)}.** It registers a process-global plugin before "
+            "the server exists and instruments every call in the process, so it cannot be "
+            f"switched off for a bare phase: it runs in {k} processes of its own (behind the "
+            "same switch interceptor, so its gRPC pipeline matches the bare phases), and its "
+            "extra is its per-process median minus the median of bare's per-process medians, "
+            "a comparison *across* processes: the process lottery applies to its row (its "
+            "bracket shows it) and the verdict does not use it.",
+        ]
+    out.append("")
     problems = group_problems(slots)
     for mode in args.modes:
         concurrency = "1 in flight" if mode == "sync" else f"{args.concurrency} in flight"
@@ -817,11 +990,12 @@ def render(
                     f"{why}."
                 )
             bracket = f"[{fmt_signed(row.extra_cpu_min)} .. {fmt_signed(row.extra_cpu_max)}]"
-            extra = (
-                f"0 {bracket} (the lottery alone)"
-                if row.config == BARE
-                else f"**{fmt_signed(row.extra_cpu_us)}** {bracket}"
-            )
+            if row.config == BARE:
+                extra = f"0 {bracket} (lottery: per-process medians vs their median)"
+            elif not row.paired:
+                extra = f"**{fmt_signed(row.extra_cpu_us)}** {bracket} (not paired)"
+            else:
+                extra = f"**{fmt_signed(row.extra_cpu_us)}** {bracket}"
             out.append(
                 f"| {row.config} | {row.procs} | {row.cpu_us:.1f} | {extra} | "
                 f"{row.calls_per_s:.0f} | {row.throughput_ratio:.2f}x | {row.p50_us:.0f} | "
@@ -829,24 +1003,35 @@ def render(
             )
         out += ["", *notes, ""] if notes else [""]
     out += [
-        "### Server CPU µs/call per process (median over its repetitions)",
+        "### Extra CPU µs/call per process",
         "",
-        "One column per server process; the spread along a row is the process lottery. "
-        "Process numbers are independent across rows (process #1 of two configs share "
-        "nothing).",
+        "Columns are the switch processes: each cell is that process's median over its "
+        "repetitions for the config minus its median for bare, so a column is a "
+        "self-contained comparison and the spread along a row is what the pairing leaves "
+        "(phase noise and any real process-to-process difference in a config's cost). The "
+        "bare row shows the per-process medians themselves (µs/call): the lottery the pairing "
+        "cancels."
+        + (
+            f" {', '.join(own)}: columns are its own processes, not the switch processes, each "
+            "minus bare's median over the switch processes."
+            if own
+            else ""
+        ),
         "",
         "| mode | config | " + " | ".join(f"#{i + 1}" for i in range(k)) + " | median | spread |",
         "|---|---|" + "---:|" * (k + 2),
     ]
     for row in rows:
+        values = row.cpu_by_proc if row.config == BARE else row.extra_by_proc
         cells = []
         for i in range(k):
-            value = row.cpu_by_proc.get(i)
+            value = values.get(i)
             cells.append("—" if value is None else f"{value:.1f}")
-        values = list(row.cpu_by_proc.values())
+        centre = row.cpu_us if row.config == BARE else row.extra_cpu_us
+        name = row.config if row.paired else f"{row.config} (own processes)"
         out.append(
-            f"| {row.mode} | {row.config} | {' | '.join(cells)} | {row.cpu_us:.1f} | "
-            f"{max(values) - min(values):.1f} |"
+            f"| {row.mode} | {name} | {' | '.join(cells)} | {centre:.1f} | "
+            f"{max(values.values()) - min(values.values()):.1f} |"
         )
     out += [
         "",
@@ -854,7 +1039,9 @@ def render(
         "",
         "What each instrumentation itself recorded at the end (its own handled counter, "
         "exported spans, access-log lines, log lines carrying the caller's trace id), against "
-        "the calls sent, warm-up included, in every server process.",
+        "the calls sent while that config was the active one (warm-up included), per server "
+        "process: in a switch process every config counts only its own phases, so this also "
+        "proves the switch routed each call to the config it was timed under.",
         "",
         "| mode | config | calls sent per process | recorded by the instrumentation | |",
         "|---|---|---:|---|---|",
@@ -901,20 +1088,24 @@ def render(
         "",
         "## How to read and reproduce",
         "",
-        f"- Each (mode, config) runs on {k} server processes of its own started by "
-        "`bench/run.py`; a mode's servers are all stopped before the next mode's start. Each "
-        "repetition visits every (config, process) once, in a freshly shuffled order "
-        "(`--seed` fixes it).",
+        f"- Per mode, {k} switch processes (`bench/server.py --config bare,...`) host every "
+        "config but the unswitchable ones, which get processes of their own; a mode's servers "
+        "are all stopped before the next mode's start. Each repetition visits every (process, "
+        "config) once, in a freshly shuffled order (`--seed` fixes it).",
         "- The load generator runs in the harness process on the same machine, so it competes "
         "for the same CPUs: throughput and latency are end-to-end on loopback, CPU per call "
         "is the server's alone.",
-        "- The noise band is the bracket in the table, bare's own bracket first of all. "
-        "Differences smaller than it are not results. More processes (`--procs`) narrow it; "
-        "more repetitions or calls per phase only steady each process's own median.",
-        "- `--profile CONFIG` reruns one config (one process per mode) under cProfile (every "
-        "thread, timed in per-thread CPU) and prints where its time goes; profiling inflates "
-        "the numbers, so it never writes this file. `--configs noop-interceptor,"
-        "noop-context-reads,...` adds the diagnostic floors to a run.",
+        "- The noise band is the bracket in the table. Differences smaller than it are not "
+        "results. Now that the lottery cancels, more repetitions (`--reps`) or calls per phase "
+        "(`--calls`) narrow it, as do more processes (`--procs`).",
+        "- Every config's objects live in each switch process for its whole life (idle "
+        "background threads, a larger heap for the garbage collector to walk), so bare there "
+        "is bare *beside* the others; that costs all phases of a process alike, and the "
+        "switch interceptor itself (one Python call per RPC) is in every phase, bare's too.",
+        "- `--profile CONFIG` reruns one config (one process per mode, alone, without the "
+        "switch) under cProfile (every thread, timed in per-thread CPU) and prints where its "
+        "time goes; profiling inflates the numbers, so it never writes this file. `--configs "
+        "noop-interceptor,noop-context-reads,...` adds the diagnostic floors to a run.",
         "",
     ]
     return "\n".join(out)
@@ -958,9 +1149,10 @@ def print_summary(rows: list[Row], verdict: list[Verdict], slots: list[Slot]) ->
             f"  {row.calls_per_s:6.0f}/s ({row.throughput_ratio:.2f}x)  "
             f"p50 {row.p50_us:6.0f}  p99 {row.p99_us:6.0f} ({row.p99_ratio:.2f}x)"
         )
+        values = row.cpu_by_proc if row.config == BARE else row.extra_by_proc
         print(
-            f"{'':5} {'':22} per process: "
-            + " ".join(f"{v:.1f}" for _, v in sorted(row.cpu_by_proc.items()))
+            f"{'':5} {'':22} per process ({'CPU' if row.config == BARE else 'extra'}): "
+            + " ".join(f"{v:.1f}" for _, v in sorted(values.items()))
         )
     for slot in slots:
         if slot.skipped or slot.failure:
@@ -1016,7 +1208,8 @@ def profile(args: argparse.Namespace, workdir: str) -> None:
     slots = run(args, workdir, profile_dir=workdir)
     for slot in slots:
         mode = slot.mode
-        path = os.path.join(workdir, f"{slot.name}.prof")
+        name = slot.process.name if slot.process is not None else slot.name
+        path = os.path.join(workdir, f"{name}.prof")
         if not os.path.exists(path):
             print(f"{mode}: no profile written")
             continue
@@ -1037,15 +1230,16 @@ def profile(args: argparse.Namespace, workdir: str) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # More processes, not more calls, is what narrows the result (see the module docstring); the
-    # calls and repetitions per process only need to pin down each process's own median. Many
-    # short phases beat few long ones on a shared machine: a burst of someone else's work then
-    # spoils one repetition of a few servers, which the median over repetitions discards.
+    # The lottery cancels inside a process (see the module docstring), so what narrows the result
+    # now is repetitions: each (process, config) median needs enough phases to tame the phase
+    # noise. Many short phases beat few long ones on a shared machine: a burst of someone else's
+    # work then spoils one phase, which the median over repetitions discards.
     parser.add_argument(
         "--procs",
         type=int,
         default=DEFAULT_PROCS,
-        help=f"server processes per (mode, config) (default {DEFAULT_PROCS})",
+        help=f"switch server processes per mode, and processes per unswitchable config "
+        f"(default {DEFAULT_PROCS})",
     )
     parser.add_argument(
         "--calls",
@@ -1057,9 +1251,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--reps",
         type=int,
         default=DEFAULT_REPS,
-        help=f"repetitions, each visiting every server once (default {DEFAULT_REPS})",
+        help=f"repetitions, each visiting every (process, config) once (default {DEFAULT_REPS})",
     )
-    parser.add_argument("--warmup", type=int, default=500, help="warm-up calls per process")
+    parser.add_argument(
+        "--warmup", type=int, default=500, help="warm-up calls per (process, config)"
+    )
     parser.add_argument(
         "--seed", type=int, default=1, help="seed of the visiting order and of the bootstrap"
     )
@@ -1146,6 +1342,8 @@ def main(argv: list[str] | None = None) -> int:
                             "mode": s.mode,
                             "config": s.config,
                             "proc": s.proc + 1,
+                            "process": s.process.name if s.process else None,
+                            "paired": s.paired,
                             "skipped": s.skipped,
                             "failure": s.failure,
                             "sent": s.sent,
@@ -1155,7 +1353,11 @@ def main(argv: list[str] | None = None) -> int:
                         for s in slots
                     ],
                     "rows": [
-                        {**vars(r), "cpu_by_proc": {p + 1: v for p, v in r.cpu_by_proc.items()}}
+                        {
+                            **vars(r),
+                            "cpu_by_proc": {p + 1: v for p, v in r.cpu_by_proc.items()},
+                            "extra_by_proc": {p + 1: v for p, v in r.extra_by_proc.items()},
+                        }
                         for r in rows
                     ],
                     "verdicts": [vars(x) for x in verdict],

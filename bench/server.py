@@ -1,23 +1,38 @@
-"""One benchmark server: a unary echo service under one instrumentation config, in its own process.
+"""Benchmark server: a unary echo service under one or several instrumentation configs.
 
 Run by ``bench/run.py``; never by hand except to debug::
 
     python bench/server.py --config rpcscope-full --mode sync --log-dir /tmp/x
+    python bench/server.py --config bare,rpcscope-full,otel-grpc --mode sync --log-dir /tmp/x
 
-Why a process per config: the number we want is the server's CPU per call, and the only honest
+Why processes of their own: the number we want is the server's CPU per call, and the only honest
 way to attribute CPU (gRPC core threads, log writer threads, span exporter threads included) is a
 process that runs nothing else. Process CPU is read with ``time.process_time_ns()``, i.e.
 ``CLOCK_PROCESS_CPUTIME_ID``: user + system time summed over every thread, at nanosecond
 resolution (``/proc/<pid>/stat`` has only 10 ms ticks).
 
+**Switch mode** (several configs, or ``--switch``): every config is built at start-up, each with
+its own log directory, and the server gets one *switch* interceptor that hands
+``intercept_service`` to the active config's interceptors (straight to ``continuation`` for
+``bare``). The harness selects a config before each phase, so configs are compared *inside one
+process*: twin processes differ in CPU per call for their whole life (see ``bench/run.py``), and
+a paired difference within a process cancels that. Only configs that leave global state alone
+can share a process: ``grpcio-observability`` registers a process-global plugin that instruments
+every call, so it is refused here (run it alone, with ``--switch`` so its gRPC pipeline matches
+the bare phases it is compared with); and the switch process checks that no config installed a
+global OTel ``TracerProvider`` (otel-grpc gets its own provider passed explicitly), which would
+flip rpcscope-full from ids mode into span mode.
+
 Control protocol on stdin/stdout (stdout carries nothing else, so no access log may go there):
 
 * the server prints ``READY <port>`` once it serves;
-* ``sample`` → flush every telemetry buffer of the config (so work queued during a phase is paid
-  inside the phase), then print ``CPU <ns>``;
-* ``stats`` → print ``STATS <json>``: what the instrumentation itself recorded (calls counted,
-  spans exported, access-log lines), so the harness can prove each config really instrumented
-  every call it was timed on;
+* ``use <config>`` → make ``config`` the active one (after flushing the previously active one's
+  buffers), answer ``OK <config>``; with a single config only that config is accepted;
+* ``sample`` → flush every telemetry buffer of the active config (so work queued during a phase
+  is paid inside the phase), then print ``CPU <ns>``;
+* ``stats`` → print ``STATS <json>``, keyed by config: what each instrumentation itself recorded
+  (calls counted, spans exported, access-log lines), so the harness can prove each config really
+  instrumented every call it was timed on;
 * ``quit`` or EOF → flush, shut down, and (with ``--profile``) write the cProfile stats.
 """
 
@@ -55,6 +70,8 @@ CONFIGS = (
     "otel-grpc",
     "grpcio-observability",
 )
+#: Configs that change process-global state, so they cannot share a switch process with others.
+UNSWITCHABLE = ("grpcio-observability",)
 #: Diagnostic floors, run only when named in ``--configs``: what any interceptor pays before it
 #: records anything, so a profile of rpcscope can be split into "unavoidable" and "ours".
 DIAGNOSTIC_CONFIGS = ("noop-interceptor", "noop-context-reads")
@@ -257,8 +274,8 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
         )
 
     if config.startswith("rpcscope-"):
-        import rpcscope
-        from rpcscope import schema
+        import rpcscope  # type: ignore[import-not-found,unused-ignore]
+        from rpcscope import schema  # type: ignore[import-not-found,unused-ignore]
 
         log_path = os.path.join(log_dir, f"{config}-{mode}.jsonl")
         options: dict[str, Any] = {
@@ -291,7 +308,7 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
 
     if config == "py-grpc-prometheus":
         from prometheus_client import CollectorRegistry
-        from py_grpc_prometheus.prometheus_server_interceptor import PromServerInterceptor
+        from py_grpc_prometheus.prometheus_server_interceptor import PromServerInterceptor  # type: ignore[import-untyped]
 
         registry = CollectorRegistry()
         prom = PromServerInterceptor(enable_handling_time_histogram=True, registry=registry)
@@ -344,7 +361,7 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
         return Instrumentation([interceptor], flush_spans, provider.shutdown, observed_spans)
 
     if config == "grpcio-observability":
-        import grpc_observability
+        import grpc_observability  # type: ignore[import-untyped]
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -373,18 +390,114 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
     raise SystemExit(f"unknown config {config!r}; choose from {', '.join(CONFIGS)}")
 
 
-# --- control loop ----------------------------------------------------------------------------
+# --- switch and control loop ----------------------------------------------------------------
 
 
-def _control(instr: Instrumentation, stop: Callable[[], None]) -> None:
-    """Answer ``sample`` requests on stdin until ``quit``/EOF, then ask the server to stop."""
+class Switch:
+    """The configs of this process and which one is active (see the module docstring)."""
+
+    def __init__(self, instrs: dict[str, Instrumentation]) -> None:
+        self.instrs = instrs
+        self.active = next(iter(instrs))
+        #: The active config's interceptors, read by the switch interceptor on every call.
+        self.interceptors: tuple[Any, ...] = tuple(instrs[self.active].interceptors)
+
+    @property
+    def current(self) -> Instrumentation:
+        return self.instrs[self.active]
+
+    def use(self, config: str) -> None:
+        """Activate ``config`` (KeyError if this process lacks it). No call may be in flight."""
+        chosen = self.instrs[config]
+        self.current.flush()  # nothing of the previous config's left to pay in the next phase
+        self.active = config
+        self.interceptors = tuple(chosen.interceptors)
+
+    def close(self) -> None:
+        for instr in self.instrs.values():
+            instr.close()
+
+
+def _intercept_sync(interceptors: tuple[Any, ...], continuation: Any, details: Any) -> Any:
+    first, rest = interceptors[0], interceptors[1:]
+    if not rest:
+        return first.intercept_service(continuation, details)
+    return first.intercept_service(lambda d: _intercept_sync(rest, continuation, d), details)
+
+
+async def _intercept_aio(interceptors: tuple[Any, ...], continuation: Any, details: Any) -> Any:
+    first, rest = interceptors[0], interceptors[1:]
+    if not rest:
+        return await first.intercept_service(continuation, details)
+
+    async def next_(d: Any) -> Any:
+        return await _intercept_aio(rest, continuation, d)
+
+    return await first.intercept_service(next_, details)
+
+
+class SwitchInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Sync: delegate to the active config's interceptors; none (bare) → the handler itself."""
+
+    def __init__(self, switch: Switch) -> None:
+        self._switch = switch
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        interceptors = self._switch.interceptors
+        if not interceptors:
+            return continuation(details)
+        return _intercept_sync(interceptors, continuation, details)
+
+
+class AioSwitchInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Aio: the same as :class:`SwitchInterceptor` on ``grpc.aio``."""
+
+    def __init__(self, switch: Switch) -> None:
+        self._switch = switch
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        interceptors = self._switch.interceptors
+        if not interceptors:
+            return await continuation(details)
+        return await _intercept_aio(interceptors, continuation, details)
+
+
+def check_no_global_tracer_provider() -> None:
+    """Fail if a config set a real global OTel TracerProvider: rpcscope-full would see it and
+    switch from ids mode to span mode, i.e. measure something else than it does alone."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
+    except ImportError:
+        return
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
+        raise SystemExit(
+            f"a config installed a global TracerProvider ({type(provider).__name__}): configs "
+            "sharing a switch process must not change global state"
+        )
+
+
+def _control(switch: Switch, stop: Callable[[], None]) -> None:
+    """Answer control commands on stdin until ``quit``/EOF, then ask the server to stop."""
     for line in sys.stdin:
-        command = line.strip()
-        if command == "sample":
-            instr.flush()
+        parts = line.split()
+        command = parts[0] if parts else ""
+        if command == "use" and len(parts) == 2:
+            try:
+                switch.use(parts[1])
+            except KeyError:
+                print(f"ERROR no config {parts[1]!r} in this process", flush=True)
+            else:
+                print(f"OK {parts[1]}", flush=True)
+        elif command == "sample":
+            switch.current.flush()
             print(f"CPU {time.process_time_ns()}", flush=True)
         elif command == "stats":
-            print(f"STATS {json.dumps(instr.observed())}", flush=True)
+            observed = {config: instr.observed() for config, instr in switch.instrs.items()}
+            print(f"STATS {json.dumps(observed)}", flush=True)
         elif command == "quit":
             break
     stop()
@@ -438,23 +551,23 @@ class _Profiler:
         stats.dump_stats(self.path)
 
 
-def serve_sync(instr: Instrumentation) -> None:
+def serve_sync(switch: Switch, interceptors: list[Any]) -> None:
     pool = ThreadPoolExecutor(max_workers=8)
-    server = grpc.server(pool, interceptors=instr.interceptors)
+    server = grpc.server(pool, interceptors=interceptors)
     server.add_generic_rpc_handlers((handler("sync"),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"READY {port}", flush=True)
     done = threading.Event()
-    threading.Thread(target=_control, args=(instr, done.set), daemon=True).start()
+    threading.Thread(target=_control, args=(switch, done.set), daemon=True).start()
     done.wait()
-    instr.flush()
+    switch.current.flush()
     server.stop(grace=None)
     pool.shutdown(wait=True)
 
 
-async def serve_aio(instr: Instrumentation, profiler: _Profiler) -> None:
-    server = grpc.aio.server(interceptors=instr.interceptors)
+async def serve_aio(switch: Switch, interceptors: list[Any], profiler: _Profiler) -> None:
+    server = grpc.aio.server(interceptors=interceptors)
     server.add_generic_rpc_handlers((handler("aio"),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -462,32 +575,74 @@ async def serve_aio(instr: Instrumentation, profiler: _Profiler) -> None:
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     threading.Thread(
-        target=_control, args=(instr, lambda: loop.call_soon_threadsafe(done.set)), daemon=True
+        target=_control, args=(switch, lambda: loop.call_soon_threadsafe(done.set)), daemon=True
     ).start()
     profiler.start_this_thread()  # aio handlers run on the event loop, i.e. this thread
     await done.wait()
-    instr.flush()
+    switch.current.flush()
     await server.stop(grace=None)
+
+
+def parse_configs(text: str) -> list[str]:
+    """``--config``: a comma list of known configs, no repeats; unswitchable ones only alone."""
+    configs = [c for c in text.split(",") if c]
+    known = CONFIGS + DIAGNOSTIC_CONFIGS
+    for config in configs:
+        if config not in known:
+            raise SystemExit(f"unknown config {config!r}; choose from {', '.join(known)}")
+    if not configs or len(set(configs)) != len(configs):
+        raise SystemExit(f"--config needs distinct configs, got {text!r}")
+    shared = [c for c in configs if c in UNSWITCHABLE]
+    if shared and len(configs) > 1:
+        raise SystemExit(
+            f"{', '.join(shared)} changes process-global state: it needs a process of its own"
+        )
+    return configs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, choices=CONFIGS + DIAGNOSTIC_CONFIGS)
+    parser.add_argument(
+        "--config",
+        required=True,
+        help=f"one config, or a comma list (switch mode); from {', '.join(CONFIGS)}, "
+        f"{', '.join(DIAGNOSTIC_CONFIGS)}",
+    )
     parser.add_argument("--mode", required=True, choices=("sync", "aio"))
     parser.add_argument("--log-dir", required=True, help="where access-log configs write")
+    parser.add_argument(
+        "--switch",
+        action="store_true",
+        help="install the switch interceptor even for a single config (implied by several)",
+    )
     parser.add_argument("--profile", metavar="FILE", help="write merged cProfile stats here")
     args = parser.parse_args(argv)
+    configs = parse_configs(args.config)
+    switched = args.switch or len(configs) > 1
 
     profiler = _Profiler(args.profile)
     profiler.install()  # before build(): its background threads must be profiled too
-    instr = build(args.config, args.mode, args.log_dir)
+    instrs: dict[str, Instrumentation] = {}
+    for config in configs:
+        # A directory per config: two configs' access logs never share a file.
+        log_dir = os.path.join(args.log_dir, config) if switched else args.log_dir
+        os.makedirs(log_dir, exist_ok=True)
+        instrs[config] = build(config, args.mode, log_dir)
+    switch = Switch(instrs)
+    if switched:
+        check_no_global_tracer_provider()
+        interceptors: list[Any] = [
+            SwitchInterceptor(switch) if args.mode == "sync" else AioSwitchInterceptor(switch)
+        ]
+    else:
+        interceptors = list(switch.current.interceptors)
     try:
         if args.mode == "sync":
-            serve_sync(instr)
+            serve_sync(switch, interceptors)
         else:
-            asyncio.run(serve_aio(instr, profiler))
+            asyncio.run(serve_aio(switch, interceptors, profiler))
     finally:
-        instr.close()  # stops background threads, so their profiles are complete
+        switch.close()  # stops background threads, so their profiles are complete
         profiler.dump()
     return 0
 

@@ -43,38 +43,56 @@ def test_smoke_run_measures_every_config_and_writes_the_report(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(raw.read_text())
 
-    slots = {(s["mode"], s["config"]): s for s in data["slots"]}
+    # One slot per (mode, config, process): switchable configs share their switch processes
+    # (paired with bare in each), unswitchable ones (grpcio-observability) have their own.
+    slots = {(s["mode"], s["config"], s["proc"]): s for s in data["slots"]}
+    procs = {n for (_, _, n) in slots}
+    assert procs == {1, 2}, procs  # --smoke caps --procs at 2
     for mode in ("sync", "aio"):
         for config in ALWAYS_AVAILABLE:
-            assert slots[(mode, config)]["skipped"] is None, slots[(mode, config)]
-    for (mode, config), slot in slots.items():
+            for k in procs:
+                slot = slots[(mode, config, k)]
+                assert slot["skipped"] is None, slot
+                assert slot["paired"], slot
+        for k in procs:
+            # Every switchable config of a process really ran in the same process as its bare.
+            hosts = {
+                s["process"]
+                for (m, _, n), s in slots.items()
+                if m == mode and n == k and s["paired"] and not s["skipped"]
+            }
+            assert len(hosts) == 1, hosts
+    for where, slot in slots.items():
+        mode, config, _ = where
         if slot["skipped"]:
             continue
-        assert slot["failure"] is None, (mode, config, slot["failure"])
-        assert [s["calls"] for s in slot["samples"]] == [CALLS] * REPS, (mode, config)
-        assert slot["sent"] == WARMUP + CALLS * REPS
+        assert slot["failure"] is None, (where, slot["failure"])
+        assert [s["calls"] for s in slot["samples"]] == [CALLS] * REPS, where
+        assert slot["sent"] == WARMUP + CALLS * REPS, where
         for sample in slot["samples"]:
             assert sample["cpu_us_per_call"] > 0
             assert sample["calls_per_s"] > 0
             assert 0 < sample["p50_us"] <= sample["p99_us"]
         if config != "bare":
-            # The instrumentation under test recorded every call (and, where enabled, logged
-            # each one and continued the caller's trace): we timed what we claim to have timed.
-            assert slot["observed"]["calls"] == slot["sent"], (mode, config, slot["observed"])
+            # The instrumentation under test recorded every call it was active for, and only
+            # those (and, where enabled, logged each one and continued the caller's trace): the
+            # switch routed each call to the config it was timed under.
+            assert slot["observed"]["calls"] == slot["sent"], (where, slot["observed"])
             for key, value in slot["observed"].items():
-                assert value == slot["sent"], (mode, config, key, value)
-    assert set(slots[("sync", "rpcscope-full")]["observed"]) == {
+                assert value == slot["sent"], (where, key, value)
+    assert set(slots[("sync", "rpcscope-full", 1)]["observed"]) == {
         "calls",
         "log_lines",
         "log_lines_with_caller_trace_id",
     }
 
     rows = {(r["mode"], r["config"]): r for r in data["rows"]}
-    for (mode, config), slot in slots.items():
+    for (mode, config, _), slot in slots.items():
         if slot["skipped"]:
             continue
         row = rows[(mode, config)]
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+        assert row["procs"] == len(procs) and len(row["extra_by_proc"]) == len(procs), row
         if config == "bare":
             assert row["extra_cpu_us"] == 0 and row["throughput_ratio"] == 1
 
@@ -95,3 +113,26 @@ def test_smoke_run_measures_every_config_and_writes_the_report(tmp_path: Path) -
         assert f"**{mode}: {verdicts[mode]['status']}**" in doc
         for config in ALWAYS_AVAILABLE:
             assert f"| {config} |" in doc
+
+
+def test_server_refuses_to_share_a_process_with_a_global_plugin(tmp_path: Path) -> None:
+    """grpcio-observability instruments every call of its process: it cannot be switched off."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "server.py"),
+            "--config",
+            "bare,grpcio-observability",
+            "--mode",
+            "sync",
+            "--log-dir",
+            str(tmp_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input="quit\n",
+    )
+    assert proc.returncode != 0
+    assert "process of its own" in proc.stderr
