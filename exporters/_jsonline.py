@@ -103,11 +103,12 @@ class CallLineEncoder:
                 "%Y-%m-%dT%H:%M:%S"
             )
         duration = record.duration_ns
+        us = (duration + 500) // 1000  # ms with 3 decimals by integer maths: float :.3f is slower
         p1, p2, p3, p4 = self._template(info)
         # Fragments joined once at the end: each += would copy the whole line again.
         parts = [
-            f'{{"@timestamp":"{self._second_text}.{nanos // 1000:06d}{p1}{duration / 1e6:.3f}'
-            f"{p2}{duration}{p3}{record.msgs_in}{p4}{record.msgs_out}"
+            f'{{"@timestamp":"{self._second_text}.{nanos // 1000:06d}{p1}'
+            f"{us // 1000}.{us % 1000:03d}{p2}{duration}{p3}{record.msgs_in}{p4}{record.msgs_out}"
         ]
         if record.peer:
             parts.append(self._peer(info, record.peer))
