@@ -109,24 +109,6 @@ CURRENT_IDS: Final[contextvars.ContextVar[TraceIds | None]] = contextvars.Contex
 )
 
 
-def start_ids(record: CallRecord, metadata: Any) -> None:
-    """Trace context of a server call without an OTel SDK ("ids mode").
-
-    Only keeps the incoming header and draws the random bits; :func:`resolve_ids` validates and
-    formats later, when (if) something reads the ids. :meth:`Pipeline.start_server` inlines a
-    copy of this body: it runs on every RPC.
-    """
-    incoming = None
-    if metadata:
-        for key, value in metadata:
-            if key == "traceparent":
-                if type(value) is str:
-                    incoming = value
-                break
-    record.trace = trace = (incoming, _getrandbits(192))
-    record.ids_token = CURRENT_IDS.set(trace)
-
-
 def current_ids() -> tuple[str, str] | None:
     """(trace_id, span_id) of the RPC handled in this context, or None outside one."""
     trace = CURRENT_IDS.get()
@@ -353,8 +335,12 @@ class Pipeline:
         tracing = self.tracing
         if tracing is not None:
             try:
-                if tracing.tracer is None and monotonic() < tracing.next_check:
-                    # Ids mode (no OTel SDK): start_ids() inlined.
+                if tracing.tracer is not None or monotonic() >= tracing.next_check:
+                    # An OTel span, or the once-a-second look for a provider configured late.
+                    tracing.start_server(record, metadata)
+                if record.trace is None:
+                    # Ids mode (no OTel SDK): keep the header and draw the random bits;
+                    # resolve_ids validates and formats later, when something reads the ids.
                     incoming = None
                     if metadata:
                         for key, value in metadata:
@@ -364,8 +350,6 @@ class Pipeline:
                                 break
                     record.trace = trace = (incoming, _getrandbits(192))
                     record.ids_token = CURRENT_IDS.set(trace)
-                else:
-                    tracing.start_server(record, metadata)
             except Exception:
                 self.errors.record("start:tracing")
         if self._keep_metadata:

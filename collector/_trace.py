@@ -38,7 +38,6 @@ from rpcscope.collector._core import (
     is_server_fault,
     parse_traceparent,
     resolve_ids,
-    start_ids,
 )
 
 TRACEPARENT: Final = "traceparent"
@@ -105,7 +104,8 @@ class Tracing:
     # -- server ---------------------------------------------------------------------------------
 
     def start_server(self, record: CallRecord, metadata: Any) -> None:
-        """Server side; :meth:`Pipeline.start_server` inlines the ids-mode branch."""
+        """A server span when an OTel SDK is configured; otherwise nothing: the Pipeline then
+        starts ids mode itself (on the hot path, see :meth:`Pipeline.start_server`)."""
         tracer = self._otel_tracer()
         if tracer is not None:
             parent_ctx = propagate.extract(metadata or (), getter=_GETTER)
@@ -116,8 +116,6 @@ class Tracing:
             record.otel_span = (span, otel_context.attach(trace.set_span_in_context(span)))
             record.trace = _ids_from_span(span)
             record.ids_token = CURRENT_IDS.set(record.trace)
-        else:
-            start_ids(record, metadata)
 
     # -- client ---------------------------------------------------------------------------------
 

@@ -189,18 +189,21 @@ class LogPipe:
 
     # -- worker side -------------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self) -> threading.Thread | None:
+        """Start the writer thread if needed; it also drives ``upstream`` (deferred metrics)."""
         with self._lock:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, name="rpcscope-log-writer", daemon=True
                 )
                 self._thread.start()
+            return self._thread
 
     def _run(self) -> None:
         while not self._closed:
             self._wake.wait(self._interval)
             self._wake.clear()
+            self._upstream()  # fold the finished calls in and take them over, then write them
             self._drain()
         self._drain()
 

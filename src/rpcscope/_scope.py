@@ -78,6 +78,8 @@ class Scope:
                     (SERVER, CLIENT) if cfg.log_client_calls else (SERVER,)
                 )
                 self._log_pipe.upstream = deferred.drain
+                # One thread for both: the writer folds each batch in, then encodes it.
+                deferred.driver = self._log_pipe._start
         self._deferred = deferred
         tracing = Tracing() if cfg.trace else None
 
