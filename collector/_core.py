@@ -306,14 +306,17 @@ class Pipeline:
 
     # -- start ------------------------------------------------------------------------------
 
-    def start_server(self, info: MethodInfo, context: Any) -> CallRecord:
+    def start_server(self, info: MethodInfo, context: Any, metadata: Any = None) -> CallRecord:
         """Open a server call's record from its grpc context. Never raises.
 
-        :meth:`start` written out again for the server's hot path: one Python call less per
-        RPC, which matters more than the few duplicated lines (see :mod:`._deferred`).
+        ``metadata``: the call's invocation metadata when the caller already has it (aio);
+        otherwise it is read from the context. :meth:`start` written out again for the
+        server's hot path: one Python call less per RPC, which matters more than the few
+        duplicated lines (see :mod:`._deferred`).
         """
         try:
-            metadata = context.invocation_metadata()
+            if metadata is None:
+                metadata = context.invocation_metadata()
             # Peer and deadline only feed the access log: skip the context calls without one.
             # The deadline is kept raw (the log normalises it: see deadline_seconds).
             if self.sink is not None:

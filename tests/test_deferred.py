@@ -127,3 +127,48 @@ def test_concurrent_readers_resolve_the_same_ids() -> None:
     trace_id, span_id, parent, flags = results[0]
     assert (trace_id, span_id, parent, flags) == (
         "123456789abcdef00fedcba987654321", "1111222233334444", None, "01")
+
+
+def test_aio_calls_log_their_own_metadata_and_trace(
+        make_scope: Callable[..., rpcscope.Scope], sink: CaptureSink) -> None:
+    """On grpc.aio the interceptor hands the metadata grpc already built to the handler's task
+    (not re-read from the context): 40 concurrent calls, async and sync handlers, must each log
+    their own x-request-id and continue their own traceparent."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from _calls import aio_server
+
+    async def aecho(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(0.01)  # keep calls overlapping
+        return request
+
+    def secho(request: bytes, context: Any) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler("t.v1.T", {
+        "A": grpc.unary_unary_rpc_method_handler(aecho),
+        "S": grpc.unary_unary_rpc_method_handler(secho)})
+    scope = make_scope()
+
+    def header(i: int) -> str:
+        return f"00-{i + 1:032x}-{i + 1:016x}-01"
+
+    async def run() -> None:
+        with ThreadPoolExecutor(4) as pool:
+            async with aio_server(scope.aio_server_interceptors(), handlers=(handler,),
+                                  thread_pool=pool) as port, \
+                    grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await asyncio.gather(*(
+                    channel.unary_unary("/t.v1.T/" + ("A" if i % 2 else "S"))(
+                        b"x", metadata=(("x-request-id", f"req-{i}"), ("traceparent", header(i))))
+                    for i in range(40)))
+
+    asyncio.run(run())
+    scope.flush()
+    docs = sink.access_logs("server")
+    assert len(docs) == 40
+    for doc in docs:
+        i = int(doc["grpc.request.metadata"]["x-request-id"].removeprefix("req-"))
+        assert doc["rpc.method"] == ("A" if i % 2 else "S")
+        assert (doc["trace.id"], doc["parent.id"]) == (f"{i + 1:032x}", f"{i + 1:016x}")
