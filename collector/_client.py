@@ -49,7 +49,7 @@ class _ClientBase:
             return None
         if info is None:
             return None
-        return self._pipe.start(info, None, None, details.timeout)
+        return self._pipe.start_client(info, details.timeout)
 
     def _outgoing(self, record: CallRecord) -> list[tuple[str, str]]:
         tracing = self._pipe.tracing

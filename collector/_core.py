@@ -201,30 +201,6 @@ class CallRecord:
         trace = self.trace
         return None if trace is None else resolve_ids(trace)
 
-    def set_ids(self, trace_id: str, span_id: str, parent_span_id: str | None = None,
-                flags: str = "01") -> None:
-        self.trace = (trace_id, span_id, parent_span_id, flags)
-
-    @property
-    def trace_id(self) -> str | None:
-        ids = self.ids()
-        return None if ids is None else ids[0]
-
-    @property
-    def span_id(self) -> str | None:
-        ids = self.ids()
-        return None if ids is None else ids[1]
-
-    @property
-    def parent_span_id(self) -> str | None:
-        ids = self.ids()
-        return None if ids is None else ids[2]
-
-    @property
-    def trace_flags(self) -> str:
-        ids = self.ids()
-        return "01" if ids is None else ids[3]
-
 
 class RecordSink(Protocol):
     """Where finished call records go (the access log). Must not block: see exporters."""
@@ -278,8 +254,7 @@ class Pipeline:
     demand (:data:`TraceIds`), and the deadline is normalised by whoever prints it.
     """
 
-    __slots__ = ("_deferred", "_keep_metadata", "_trace_start", "errors", "metrics", "sink",
-                 "tracing")
+    __slots__ = ("_deferred", "_keep_metadata", "errors", "metrics", "sink", "tracing")
 
     def __init__(
         self,
@@ -288,7 +263,6 @@ class Pipeline:
         sink: RecordSink | None,
         errors: ErrorCounter,
         metadata_allowlist: Iterable[str] = (),
-        component: str = SERVER,
     ) -> None:
         self.metrics = metrics
         self.tracing = tracing
@@ -296,10 +270,6 @@ class Pipeline:
         self.errors = errors
         self._deferred: DeferredMetrics | None = (
             metrics.deferred if metrics is not None else None
-        )
-        self._trace_start: Callable[[CallRecord, Any], None] | None = (
-            None if tracing is None
-            else tracing.start_server if component == SERVER else tracing.start_client
         )
         # Metadata is only ever logged: keep it only when a log and an allowlist exist.
         self._keep_metadata = sink is not None and bool(tuple(metadata_allowlist))
@@ -310,9 +280,7 @@ class Pipeline:
         """Open a server call's record from its grpc context. Never raises.
 
         ``metadata``: the call's invocation metadata when the caller already has it (aio);
-        otherwise it is read from the context. :meth:`start` written out again for the
-        server's hot path: one Python call less per RPC, which matters more than the few
-        duplicated lines (see :mod:`._deferred`).
+        otherwise it is read from the context.
         """
         try:
             if metadata is None:
@@ -326,15 +294,8 @@ class Pipeline:
         except Exception:
             self.errors.record("context")
             metadata, record = None, CallRecord(info)
-        mm = info.metrics
-        if mm is not None:
-            try:
-                if self._deferred is not None:
-                    self._deferred.pending.append(mm)  # "started", counted in the next batch
-                else:
-                    mm.started.inc()  # type: ignore[union-attr]
-            except Exception:
-                self.errors.record("start:metrics")
+        if info.metrics is not None:
+            self._started(info.metrics)
         tracing = self.tracing
         if tracing is not None:
             try:
@@ -359,34 +320,27 @@ class Pipeline:
             record.metadata = metadata  # grpc's immutable tuple; picked by the log writer
         return record
 
-    def start(
-        self,
-        info: MethodInfo,
-        metadata: Any,
-        peer: str | None,
-        deadline: float | None,
-    ) -> CallRecord:
-        """Open a record: count ``started``, read trace context. Never raises."""
-        record = CallRecord(info, peer, deadline)
-        # One guard per consumer: a failing one must not cost the call the others (a broken
-        # counter must not lose the trace ids). try blocks are free in 3.11 when nothing raises.
-        mm = info.metrics
-        if mm is not None:
+    def start_client(self, info: MethodInfo, deadline: float | None) -> CallRecord:
+        """Open a client call's record: count ``started``, start its trace. Never raises."""
+        record = CallRecord(info, None, deadline)
+        if info.metrics is not None:
+            self._started(info.metrics)
+        if self.tracing is not None:
             try:
-                if self._deferred is not None:
-                    self._deferred.pending.append(mm)  # "started", counted in the next batch
-                else:
-                    mm.started.inc()  # type: ignore[union-attr]
-            except Exception:
-                self.errors.record("start:metrics")
-        if self._trace_start is not None:
-            try:
-                self._trace_start(record, metadata)
+                self.tracing.start_client(record)
             except Exception:
                 self.errors.record("start:tracing")
-        if self._keep_metadata:
-            record.metadata = metadata  # grpc's immutable tuple; picked by the log writer
         return record
+
+    def _started(self, mm: MethodMetrics | MethodAggregate) -> None:
+        # Guarded on its own: a broken counter must not cost the call its trace ids.
+        try:
+            if self._deferred is not None:
+                self._deferred.pending.append(mm)  # "started", counted in the next batch
+            else:
+                mm.started.inc()  # type: ignore[union-attr]
+        except Exception:
+            self.errors.record("start:metrics")
 
     # -- end --------------------------------------------------------------------------------
 
@@ -409,15 +363,10 @@ class Pipeline:
                 self.tracing.finish(record)
             except Exception:
                 self.errors.record("finish:tracing")
-        deferred = self._deferred
-        if deferred is not None:
-            # Metrics and (via the batch) the access log: one append on the request path
-            # (DeferredMetrics.finished, inlined).
+        if self._deferred is not None:
+            # Metrics and (via the batch) the access log: one append on the request path.
             try:
-                pending = deferred.pending
-                pending.append(record)
-                if deferred.thread is None or len(pending) > deferred.max_pending:
-                    deferred.kick()
+                self._deferred.finished(record)
             except Exception:
                 self.errors.record("finish:deferred")
             return

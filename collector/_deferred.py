@@ -119,7 +119,7 @@ class DeferredMetrics(Collector):
     # -- request path ---------------------------------------------------------------------------
 
     def finished(self, record: CallRecord) -> None:
-        """Hand over a finished call (Pipeline.finish inlines this)."""
+        """Hand over a finished call: the request path's only cost for metrics and log."""
         pending = self.pending
         pending.append(record)
         if self.thread is None or len(pending) > self.max_pending:

@@ -89,8 +89,9 @@ class MethodMetrics:
         if record.msgs_out:
             self.sent.inc(record.msgs_out)
         seconds = record.duration_ns / 1e9
-        if self._exemplars and record.trace_id is not None:
-            self.seconds.observe(seconds, {"trace_id": record.trace_id})
+        ids = record.ids() if self._exemplars else None
+        if ids is not None:
+            self.seconds.observe(seconds, {"trace_id": ids[0]})
         else:
             self.seconds.observe(seconds)
 

@@ -40,35 +40,36 @@ def _expired(context: Any) -> bool:
     return remaining is not None and remaining <= 0
 
 
-# --- status, sync ---------------------------------------------------------------------------
+# --- status ---------------------------------------------------------------------------------
+# Each writes the final status onto the record (which starts as "OK"): no tuple per call.
 
 
-def _sync_status(context: Any, error: BaseException | None) -> tuple[str, str | None]:
+def _explicit_status(record: CallRecord, context: Any, code: Any) -> None:
+    """The status the handler set (abort, set_code) or grpc set for it."""
+    details = context.details()
+    if isinstance(details, bytes):
+        details = details.decode("utf-8", "replace")
+    record.code, record.details = go_code(code), details or None
+
+
+def _sync_status(record: CallRecord, context: Any, error: BaseException | None) -> None:
     code = context.code()
-    if code is not None and code is not grpc.StatusCode.OK:
-        details = context.details()
-        if isinstance(details, bytes):
-            details = details.decode("utf-8", "replace")
-        return go_code(code), details or None
-    if not context.is_active():
-        return ("DeadlineExceeded" if _expired(context) else "Canceled"), None
-    if error is not None:
-        return "Unknown", f"Exception calling application: {error}"
-    return "OK", None
+    if code is not None and code is not _OK:
+        _explicit_status(record, context, code)
+    elif not context.is_active():
+        record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
+    elif error is not None:
+        record.code, record.details = "Unknown", f"Exception calling application: {error}"
 
 
-def _aio_status(context: Any, error: BaseException | None) -> tuple[str, str | None]:
+def _aio_status(record: CallRecord, context: Any, error: BaseException | None) -> None:
     code = context.code()
-    if code is not None and code is not grpc.StatusCode.OK:
-        details = context.details()
-        if isinstance(details, bytes):
-            details = details.decode("utf-8", "replace")
-        return go_code(code), details or None
-    if isinstance(error, asyncio.CancelledError) or context.cancelled():
-        return ("DeadlineExceeded" if _expired(context) else "Canceled"), None
-    if error is not None:
-        return "Unknown", f"Unexpected error in RPC handler: {error!r}"
-    return "OK", None
+    if code is not None and code is not _OK:
+        _explicit_status(record, context, code)
+    elif isinstance(error, asyncio.CancelledError) or context.cancelled():
+        record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
+    elif error is not None:
+        record.code, record.details = "Unknown", f"Unexpected error in RPC handler: {error!r}"
 
 
 class _Finisher:
@@ -76,8 +77,8 @@ class _Finisher:
 
     __slots__ = ("_errors", "_finish", "_status")
 
-    def __init__(self, pipe: Pipeline, status: Callable[[Any, BaseException | None],
-                                                        tuple[str, str | None]]) -> None:
+    def __init__(self, pipe: Pipeline,
+                 status: Callable[[CallRecord, Any, BaseException | None], None]) -> None:
         self._errors = pipe.errors
         self._finish = pipe.finish
         self._status = status
@@ -87,39 +88,12 @@ class _Finisher:
         try:
             if error is not None and not isinstance(error, GeneratorExit):
                 record.error = error
-            code, record.details = self._status(context, error)
-            record.code = code
-            if unary_out and code == "OK":
+            self._status(record, context, error)
+            if unary_out and record.code == "OK":
                 record.msgs_out = 1
         except Exception:
             self._errors.record("status")
         self._finish(record)
-
-
-class _SyncFinisher(_Finisher):
-    """The sync server's finisher, with the common case (the handler returned, no status set,
-    the call still active) decided inline: this runs on every RPC, and a call less counts."""
-
-    __slots__ = ()
-
-    def __init__(self, pipe: Pipeline) -> None:
-        super().__init__(pipe, _sync_status)
-
-    def __call__(self, record: CallRecord, context: Any, error: BaseException | None,
-                 unary_out: bool = False) -> None:
-        if error is None:
-            try:
-                code = context.code()
-                if (code is None or code is _OK) and context.is_active():
-                    if unary_out:
-                        record.msgs_out = 1
-                    self._finish(record)  # record.code is already "OK"
-                    return
-            except Exception:
-                self._errors.record("status")
-                self._finish(record)
-                return
-        super().__call__(record, context, error, unary_out)
 
 
 class _CountingIterator:
@@ -214,7 +188,7 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._finish: _Finisher = _SyncFinisher(pipe)
+        self._finish = _Finisher(pipe, _sync_status)
         self._unimplemented: Any = None
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -333,7 +307,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._finish: _Finisher = _Finisher(pipe, _aio_status)
+        self._finish = _Finisher(pipe, _aio_status)
         self._sync = _SyncOnAio(pipe, table)
         self._unimplemented: Any = None
 

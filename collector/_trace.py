@@ -119,7 +119,7 @@ class Tracing:
 
     # -- client ---------------------------------------------------------------------------------
 
-    def start_client(self, record: CallRecord, metadata: Any = None) -> None:
+    def start_client(self, record: CallRecord) -> None:
         tracer = self._otel_tracer()
         if tracer is not None:
             span = tracer.start_span(

@@ -159,7 +159,7 @@ class LogPipe:
             self._count("emitted", lost)
             self._count("dropped", lost)
         if self._thread is None:
-            self._start()
+            self.start_thread()
 
     def emit_log(self, record: logging.LogRecord) -> None:
         self._put(record)
@@ -185,11 +185,11 @@ class LogPipe:
             return
         self._queue.append(item)
         if self._thread is None:
-            self._start()
+            self.start_thread()
 
     # -- worker side -------------------------------------------------------------------------
 
-    def _start(self) -> threading.Thread | None:
+    def start_thread(self) -> threading.Thread | None:
         """Start the writer thread if needed; it also drives ``upstream`` (deferred metrics)."""
         with self._lock:
             if self._thread is None and not self._closed:

@@ -20,7 +20,8 @@ def _record(component: str = "server", **fields: object) -> CallRecord:
     record.msgs_in = record.msgs_out = 1
     for key, value in fields.items():
         if key == "ids":
-            record.set_ids(*value)  # type: ignore[misc]
+            trace_id, span_id, *parent = value  # type: ignore[misc]
+            record.trace = (trace_id, span_id, parent[0] if parent else None, "01")
         else:
             setattr(record, key, value)
     return record

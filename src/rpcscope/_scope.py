@@ -79,7 +79,7 @@ class Scope:
                 )
                 self._log_pipe.upstream = deferred.drain
                 # One thread for both: the writer folds each batch in, then encodes it.
-                deferred.driver = self._log_pipe._start
+                deferred.driver = self._log_pipe.start_thread
         self._deferred = deferred
         tracing = Tracing() if cfg.trace else None
 
@@ -87,7 +87,7 @@ class Scope:
                                      cfg.log_metadata)
         self._client_pipe = Pipeline(
             metrics, tracing, self._log_pipe if cfg.log_client_calls else None,
-            self._errors, cfg.log_metadata, component=CLIENT,
+            self._errors, cfg.log_metadata,
         )
         self._server_table = MethodTable(SERVER, metrics, cfg.exclude_services,
                                          cfg.method_filter, cfg.max_methods)
