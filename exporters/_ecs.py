@@ -18,11 +18,12 @@ from opentelemetry import trace
 
 from rpcscope import schema
 from rpcscope.collector._core import (
+    CURRENT_IDS,
     HOSTNAME,
     CallRecord,
-    current_ids,
     deadline_seconds,
     is_server_fault,
+    resolve_ids,
 )
 
 _CLIENT_FAULT_LEVEL: Final = "warn"
@@ -145,7 +146,8 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
         doc["process.pid"] = record.process
     # A record queued by LoggingHandler carries the ids of the thread that logged it; a record
     # formatted in place (EcsFormatter) reads them from the current context.
-    ids = getattr(record, "rpcscope_ids", None) or current_ids() or otel_ids()
+    captured = record.rpcscope_ids if hasattr(record, "rpcscope_ids") else capture_ids()
+    ids = format_ids(captured)
     if ids is not None:
         doc["trace.id"], doc["span.id"] = ids
     if record.exc_info and record.exc_info[1] is not None:
@@ -173,12 +175,24 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
     return doc
 
 
-def otel_ids() -> tuple[str, str] | None:
-    """Ids of the current OpenTelemetry span, when one is active (outside rpcscope's calls)."""
+def capture_ids() -> Any:
+    """The current trace, captured cheaply: rpcscope's unformatted ids, or the active OTel span
+    context, or None. :func:`format_ids` turns it into hex later, on the log writer thread."""
+    ids = CURRENT_IDS.get()
+    if ids is not None:
+        return ids
     ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
+    return ctx if ctx.is_valid else None
+
+
+def format_ids(captured: Any) -> tuple[str, str] | None:
+    """(trace_id, span_id) of what :func:`capture_ids` returned."""
+    if captured is None:
         return None
-    return "%032x" % ctx.trace_id, "%016x" % ctx.span_id
+    if isinstance(captured, tuple):
+        ids = resolve_ids(captured)
+        return ids[0], ids[1]
+    return "%032x" % captured.trace_id, "%016x" % captured.span_id
 
 
 def encode_json(doc: dict[str, Any]) -> str:

@@ -20,13 +20,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
-from rpcscope.collector._core import CallRecord, MetadataPicker, current_ids
+from rpcscope.collector._core import CallRecord, MetadataPicker
 from rpcscope.exporters._ecs import (
     Identity,
     call_document,
+    capture_ids,
     encode_json,
     log_record_document,
-    otel_ids,
 )
 from rpcscope.exporters._jsonline import CallLineEncoder
 
@@ -334,10 +334,9 @@ class LoggingHandler(logging.Handler):
             # Resolve the message and ids now: args may change and the context is ours only now.
             record.message = record.getMessage()
             record.msg, record.args = record.message, None
-            # The worker thread that builds the document has no access to this context.
-            ids = current_ids() or otel_ids()
-            if ids is not None:
-                record.rpcscope_ids = ids
+            # The worker thread that builds the document has no access to this context: capture
+            # the ids here, unformatted; the worker formats them.
+            record.rpcscope_ids = capture_ids()
             self._pipe.emit_log(record)
         except Exception:
             self.handleError(record)
