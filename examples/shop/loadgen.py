@@ -302,13 +302,14 @@ class _Planner:
 _stub: Callable[[Any], Any] = shop_pb2_grpc.ShopStub
 
 
-class LoadGenerator:
-    """Sends a profile's traffic over a sync channel from ``profile.concurrency`` threads."""
+class _Generator:
+    """What both generators share: the stub, the tally and the stop flag."""
 
-    def __init__(self, channel: grpc.Channel, profile: Profile) -> None:
+    def __init__(self, channel: Any, profile: Profile) -> None:
         self._stub: Any = _stub(channel)
         self.profile = profile
         self._tally = _Tally()
+        # A threading.Event so another thread (the demo's main thread) can stop an aio run too.
         self._stop = threading.Event()
 
     def progress(self) -> tuple[int, int, float]:
@@ -318,6 +319,10 @@ class LoadGenerator:
     def stop(self) -> None:
         """Start no new calls; :meth:`run` returns once the calls in flight have ended."""
         self._stop.set()
+
+
+class LoadGenerator(_Generator):
+    """Sends a profile's traffic over a sync channel from ``profile.concurrency`` threads."""
 
     def run(self) -> LoadResult:
         """Run the profile to its end (or until :meth:`stop`) and return what happened."""
@@ -376,23 +381,8 @@ def _paced(messages: Sequence[Any]) -> Iterator[Any]:
         time.sleep(0.001)
 
 
-class AsyncLoadGenerator:
+class AsyncLoadGenerator(_Generator):
     """Sends a profile's traffic over a ``grpc.aio`` channel from ``concurrency`` tasks."""
-
-    def __init__(self, channel: grpc.aio.Channel, profile: Profile) -> None:
-        self._stub: Any = _stub(channel)
-        self.profile = profile
-        self._tally = _Tally()
-        # A threading.Event so another thread (the demo's main thread) can stop the run.
-        self._stop = threading.Event()
-
-    def progress(self) -> tuple[int, int, float]:
-        """(calls finished, of which not OK, seconds elapsed) — safe to call from any thread."""
-        return self._tally.progress()
-
-    def stop(self) -> None:
-        """Start no new calls; :meth:`run` returns once the calls in flight have ended."""
-        self._stop.set()
 
     async def run(self) -> LoadResult:
         """Run the profile to its end (or until :meth:`stop`) and return what happened."""

@@ -330,8 +330,8 @@ def _wait(context: grpc.ServicerContext, seconds: float) -> None:
         ended.wait(seconds)
 
 
-class ShopServicer(shop_pb2_grpc.ShopServicer):
-    """The shop for ``grpc.server`` (thread pool)."""
+class _ShopState:
+    """What both servicers hold: the fault plan and the catalog."""
 
     def __init__(
         self,
@@ -342,6 +342,10 @@ class ShopServicer(shop_pb2_grpc.ShopServicer):
     ) -> None:
         self._core = _Core(faults, seed)
         self.catalog = catalog or Catalog()
+
+
+class ShopServicer(_ShopState, shop_pb2_grpc.ShopServicer):
+    """The shop for ``grpc.server`` (thread pool)."""
 
     def _fail(self, method: str, decision: _Decision, context: grpc.ServicerContext) -> None:
         if decision.crash:
@@ -408,18 +412,8 @@ class ShopServicer(shop_pb2_grpc.ShopServicer):
             self._fail("Chat", decision, context)
 
 
-class AioShopServicer(shop_pb2_grpc.ShopServicer):
+class AioShopServicer(_ShopState, shop_pb2_grpc.ShopServicer):
     """The shop for ``grpc.aio.server``: the same behaviour, with ``await`` instead of threads."""
-
-    def __init__(
-        self,
-        faults: Mapping[str, Fault] | None = None,
-        *,
-        catalog: Catalog | None = None,
-        seed: int | None = None,
-    ) -> None:
-        self._core = _Core(faults, seed)
-        self.catalog = catalog or Catalog()
 
     async def _fail(
         self, method: str, decision: _Decision, context: grpc.aio.ServicerContext
