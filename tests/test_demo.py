@@ -201,50 +201,23 @@ def test_demo_without_faults_has_only_client_made_errors(tmp_path: Path) -> None
     assert report["logs"] == {"emitted": 0, "delivered": 0, "lost": 0}
 
 
-def test_busy_metrics_port_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("flag", "other"),
+    [("--metrics-port", []), ("--shop-port", ["--metrics-port", "0"])],
+)
+def test_busy_port_is_a_clear_error(
+    flag: str, other: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         status = _cli.main(
-            [
-                "demo",
-                "--duration",
-                "1",
-                "--metrics-port",
-                str(port),
-                "--access-log",
-                str(tmp_path / "access.log"),
-            ]
+            ["demo", "--duration", "1", flag, str(port), *other,
+             "--access-log", str(tmp_path / "access.log")]
         )
     assert status == 2
-    assert "--metrics-port 0" in capsys.readouterr().err
-
-
-def test_busy_shop_port_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        status = _cli.main(
-            [
-                "demo",
-                "--duration",
-                "1",
-                "--shop-port",
-                str(port),
-                "--metrics-port",
-                "0",
-                "--access-log",
-                str(tmp_path / "access.log"),
-            ]
-        )
-    assert status == 2
-    assert "--shop-port 0" in capsys.readouterr().err
+    assert f"{flag} 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
