@@ -61,7 +61,7 @@ def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
 
 #: Value sets the suite renders. Each is a realistic install, not a toggle soup: external
 #: endpoints come with their credentials, disabled alerting is acknowledged, and so on.
-_EXTERNAL_ES: dict[str, Any] = {
+EXTERNAL_ES: dict[str, Any] = {
     "elasticsearch": {
         "enabled": False,
         "external": {
@@ -138,15 +138,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     ),
     "kibana-only": merge(
         _METRICS_OFF,
-        _EXTERNAL_ES,
+        EXTERNAL_ES,
         {"fluentd": {"enabled": False}, "elasticsearchExporter": {"enabled": False}},
     ),
     "fluentd-only": merge(
         _METRICS_OFF,
-        _EXTERNAL_ES,
+        EXTERNAL_ES,
         {"kibana": {"enabled": False}, "elasticsearchExporter": {"enabled": False}},
     ),
-    "external-es": _EXTERNAL_ES,
+    "external-es": EXTERNAL_ES,
     "multi-node-es": {"elasticsearch": {"replicas": 3}},
     "external-prometheus": {
         "prometheus": {

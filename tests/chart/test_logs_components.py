@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from chart_render import (
+    EXTERNAL_ES,
     REPO,
     SCENARIOS,
     Rendered,
@@ -37,17 +38,8 @@ LOG_COMPONENTS = {
     "fluentd-aggregator",
     "elasticsearch-exporter",
 }
-EXTERNAL = {
-    "elasticsearch": {
-        "enabled": False,
-        "external": {
-            "url": "https://es.example.internal:9243",
-            "caSecret": "corp-es-ca",
-            "credentialsSecret": "corp-es-writer",
-        },
-    },
-    "kibana": {"elasticsearchCredentialsSecret": "corp-kibana-system"},
-}
+#: External Elasticsearch, with the credentials Kibana needs there too.
+EXTERNAL = merge(EXTERNAL_ES, {"kibana": {"elasticsearchCredentialsSecret": "corp-kibana-system"}})
 
 
 def _pod(r: Rendered, kind: str, component: str) -> dict[str, Any]:
