@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
-from rpcscope.collector._core import CallRecord, MetadataPicker
+from rpcscope.collector._core import CallRecord, MetadataPicker, resolve_deadline
 from rpcscope.exporters._ecs import (
     Identity,
     call_document,
@@ -226,8 +226,11 @@ class LogPipe:
             lines = self._lines
             for item in batch:
                 try:
-                    if isinstance(item, CallRecord) and item.metadata is not None:
-                        item.metadata = self._pick_metadata(item.metadata)
+                    if isinstance(item, CallRecord):
+                        if item.call_details is not None:
+                            self._resolve_deadline(item)
+                        if item.metadata is not None:
+                            item.metadata = self._pick_metadata(item.metadata)
                     if lines is not None:
                         documents.append(
                             lines.encode(item) if isinstance(item, CallRecord)
@@ -260,6 +263,15 @@ class LogPipe:
             self._inflight = 0
             self._count("delivered", written)
             self._count("dropped", lost)
+
+    @staticmethod
+    def _resolve_deadline(record: CallRecord) -> None:
+        """The deadline from grpc's CallDetails (see resolve_deadline); failing loses only it."""
+        try:
+            resolve_deadline(record)
+        except Exception:
+            record.call_details = None
+            _LOG.debug("rpcscope: could not read a call's deadline", exc_info=True)
 
     def _count(self, outcome: str, n: int) -> None:
         if self._on_outcome is not None and n:
