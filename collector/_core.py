@@ -173,13 +173,13 @@ class CallRecord:
     """One RPC as measured by an interceptor. Consumers read it; only the core writes it."""
 
     __slots__ = (
+        "call_details",
         "code",
         "deadline",
         "details",
         "duration_ns",
         "end_wall_ns",
         "error",
-        "call_details",
         "ids_token",
         "info",
         "metadata",

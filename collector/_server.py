@@ -173,7 +173,7 @@ class _ServerBase:
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         self._pipe = pipe
         self._table = table
-        self._start = pipe.start_server
+        self._start: Callable[..., CallRecord] = pipe.start_server
         # method path -> (original handler, wrapped handler)
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
@@ -471,7 +471,7 @@ class _SyncOnAio(ServerInterceptor):
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
         # The context here is a proxy over grpc.aio's: public methods only.
-        self._start = pipe.start_server
+        self._start: Callable[..., CallRecord] = pipe.start_server
         self._finish = _Finisher(pipe, _sync_status)
 
     def wrap(self, handler: Any, info: MethodInfo) -> Any:

@@ -22,6 +22,8 @@ def _record(component: str = "server", **fields: object) -> CallRecord:
         if key == "ids":
             trace_id, span_id, *parent = value  # type: ignore[misc]
             record.trace = (trace_id, span_id, parent[0] if parent else None, "01")
+        elif key == "lazy":  # the request path's form: (metadata, header or None; random bits)
+            record.trace = (value, 0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210_0000_1111_2222_3333)
         else:
             setattr(record, key, value)
     return record
@@ -32,6 +34,13 @@ def _record(component: str = "server", **fields: object) -> CallRecord:
     [
         {},
         {"peer": "ipv6:[::1]:5050", "deadline": 0.1234567},
+        {"deadline": 1e-7},
+        {"deadline": 99_999_999.25},
+        {"deadline": 1e9},  # "no deadline" as grpc reports it: not logged
+        {"lazy": (("user-agent", "x"), ("traceparent", f"00-{'a' * 32}-{'b' * 16}-01"))},
+        {"lazy": (("traceparent", "garbage"),)},
+        {"lazy": f"00-{'a' * 32}-{'b' * 16}-01"},
+        {"lazy": None},
         {"ids": ("a" * 32, "b" * 16)},
         {"ids": ("a" * 32, "b" * 16, "c" * 16)},
         {"metadata": (("user-agent", 'agent "quoted" \\ ünï %s'), ("x-request-id", "r-1"))},
