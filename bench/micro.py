@@ -50,17 +50,38 @@ class Metadatum(NamedTuple):
 
 
 class FakeContext:
-    """The sync ``ServicerContext`` surface the interceptors touch, at near-zero cost."""
+    """The sync ``ServicerContext`` surface the interceptors touch, at near-zero cost.
 
-    class _State:  # py-grpc-prometheus reads these private fields
+    Including grpc's private per-call state that py-grpc-prometheus and rpcscope's sync
+    interceptor read directly (``_state``, ``_rpc_event``), so both take the path they take in
+    a real server rather than a fallback.
+    """
+
+    class _State:
         code = None
-        client = None
+        client = "open"  # grpc._server._OPEN
+
+    class _Call:
+        def peer(self) -> bytes:
+            return b"ipv4:127.0.0.1:54321"
+
+    class _CallDetails:
+        deadline = 9.2e18  # grpc's "no deadline": gpr_inf_future as wall-clock seconds
 
     _state = _State()
     _METADATA = (
         Metadatum("traceparent", TRACEPARENT),
         Metadatum("user-agent", "grpc-python/1.85.3 grpc-c/52.0.0 (linux; chttp2)"),
     )
+
+    class _Event:
+        call: Any = None
+        call_details: Any = None
+        invocation_metadata: Any = None
+
+    _rpc_event = _Event()
+    _rpc_event.call, _rpc_event.call_details = _Call(), _CallDetails()
+    _rpc_event.invocation_metadata = _METADATA
 
     def invocation_metadata(self) -> Any:
         return self._METADATA
