@@ -66,7 +66,7 @@ def resolve_ids(trace: TraceIds) -> tuple[str, str, str | None, str]:
     incoming, bits = trace
     span = f"{(bits & _SPAN_MASK) or 1:016x}"
     if incoming is not None and type(incoming) is not str:
-        incoming = traceparent_of(incoming)
+        incoming = _traceparent_of(incoming)
     if incoming is not None:
         parent = parse_traceparent(incoming)
         if parent is not None:
@@ -74,7 +74,7 @@ def resolve_ids(trace: TraceIds) -> tuple[str, str, str | None, str]:
     return f"{(bits >> 64) or 1:032x}", span, None, "01"
 
 
-def traceparent_of(metadata: Any) -> str | None:
+def _traceparent_of(metadata: Any) -> str | None:
     """The ``traceparent`` value in gRPC invocation metadata (the first one), or None."""
     try:
         for key, value in metadata:
@@ -297,25 +297,23 @@ class Pipeline:
         """Open a sync server call's record, reading grpc's per-call event directly. Never raises.
 
         Why not the public context methods: code that runs once per RPC runs with cold
-        caches, and measured in a running server (``bench/``), ``time_remaining()`` cost 2 µs
-        of CPU per call, ``peer()`` 2.2 and ``invocation_metadata()`` 0.7: more than the rest
-        of the request path together. They are thin wrappers over ``context._rpc_event``
-        (grpc's private per-call event), so the record reads it once: metadata and the peer
-        from it, and it keeps the call's ``CallDetails`` so the log writer computes the
-        deadline later, off the request path (:func:`resolve_deadline`; its ``deadline`` is
-        absolute, so the value is exact). py-grpc-prometheus reads grpc's private per-call
-        state too; here a missing attribute (another grpcio, a test double, a proxy
-        context) falls back to the public methods, and ``tests/test_server.py`` fails if the
-        installed grpcio stops taking this path.
+        caches. Timed step by step inside a running bench server (a one-off measurement; the
+        numbers are in the commit that added this), ``time_remaining()`` cost 2 µs of CPU per
+        call, ``peer()`` 2.2 and ``invocation_metadata()`` 0.7: more than the rest of the
+        request path together. They are thin wrappers over ``context._rpc_event`` (grpc's
+        private per-call event), so the record reads it once: metadata and the peer from it,
+        and it keeps the call's ``CallDetails`` so the log writer computes the deadline later,
+        off the request path (:func:`resolve_deadline`; its ``deadline`` is absolute, so the
+        value is exact). py-grpc-prometheus reads grpc's private per-call state too; here a
+        missing attribute (another grpcio, a test double, a proxy context) falls back to the
+        public methods, and ``tests/test_sync_direct.py`` fails if the installed grpcio stops
+        taking this path.
         """
         try:
             event = context._rpc_event
             metadata = event.invocation_metadata
             if self.sink is not None:
-                peer = event.call.peer()
-                record = CallRecord(
-                    info, peer.decode("utf-8", "replace") if type(peer) is bytes else peer
-                )
+                record = CallRecord(info, event.call.peer().decode("utf-8", "replace"))
                 record.call_details = event.call_details
             else:
                 record = CallRecord(info)

@@ -54,30 +54,20 @@ def _explicit_status(record: CallRecord, context: Any, code: Any) -> None:
 
 
 def _sync_status(record: CallRecord, context: Any, error: BaseException | None) -> None:
-    code = context.code()
-    if code is not None and code is not _OK:
-        _explicit_status(record, context, code)
-    elif not context.is_active():
-        record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
-    elif error is not None:
-        record.code, record.details = "Unknown", f"Exception calling application: {error}"
+    """A sync call's status, read from grpc's per-call state when it has one.
 
-
-def _sync_state_status(record: CallRecord, context: Any, error: BaseException | None) -> None:
-    """:func:`_sync_status` on grpc's per-call state, without the context methods.
-
-    ``is_active()`` takes the call's lock (1 µs per call measured in a running server, more
-    than the rest of the finish); it is ``state.client is not "cancelled"`` while the handler
-    runs, and py-grpc-prometheus reads ``context._state`` the same way. Without that state
-    (another grpcio), the public methods, as before.
+    ``is_active()`` takes the call's lock (about 1 µs per call, timed inside a running bench
+    server: more than the rest of the finish); while the handler runs it is
+    ``state.client != "cancelled"``, and py-grpc-prometheus reads ``context._state`` the same
+    way. Contexts without that state (another grpcio, the proxy of :class:`_SyncOnAio`) are
+    asked through the public methods.
     """
     try:
         state = context._state
-        code = state.code
-        cancelled = state.client == _CANCELLED
+        code, cancelled = state.code, state.client == _CANCELLED
     except AttributeError:
-        _sync_status(record, context, error)
-        return
+        code = context.code()
+        cancelled = (code is None or code is _OK) and not context.is_active()
     if code is not None and code is not _OK:
         _explicit_status(record, context, code)
     elif cancelled:
@@ -212,9 +202,9 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        # grpc's sync server: read its per-call event and state directly (see the functions).
+        # grpc's sync server: read its per-call event directly (see start_sync_server).
         self._start = pipe.start_sync_server
-        self._finish = _Finisher(pipe, _sync_state_status)
+        self._finish = _Finisher(pipe, _sync_status)
         self._unimplemented: Any = None
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -470,9 +460,8 @@ class _SyncOnAio(ServerInterceptor):
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        # The context here is a proxy over grpc.aio's: public methods only.
+        # The context here is a proxy over grpc.aio's: no per-call event to read.
         self._start: Callable[..., CallRecord] = pipe.start_server
-        self._finish = _Finisher(pipe, _sync_status)
 
     def wrap(self, handler: Any, info: MethodInfo) -> Any:
         inner = self._wrap(handler, info)

@@ -36,15 +36,12 @@ from rpcscope.collector._core import (
     CallRecord,
     TraceIds,
     is_server_fault,
-    parse_traceparent,
     resolve_ids,
 )
 
 TRACEPARENT: Final = "traceparent"
 _GRPC_NUMERIC: Final = {name: code.value[0] for code, name in schema.GO_CODE_NAMES.items()}
 _getrandbits = random.getrandbits
-
-__all__ = ["TRACEPARENT", "Tracing", "new_span_id", "new_trace_id", "parse_traceparent"]
 
 
 def new_trace_id() -> str:

@@ -1,5 +1,5 @@
 """The sync server reads grpc's per-call event and state directly (Pipeline.start_sync_server,
-_sync_state_status): cheaper than the context's methods, but private to grpcio. These tests fail
+_server._sync_status): cheaper than the context's methods, but private to grpcio. These tests fail
 if the installed grpcio stops offering them (the code would then quietly fall back to the public
 methods) and pin that the access log says what the context itself says."""
 
@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import grpc._server
 import pytest
 
 import rpcscope
-from rpcscope.collector import _server
 from rpcscope.collector._core import Pipeline
 from rpcscope.testing import CaptureSink
 
@@ -22,18 +22,19 @@ def test_sync_calls_take_the_direct_path_and_log_what_the_context_says(
         serve_sync: Callable[..., int], sync_channel: Callable[..., grpc.Channel],
         monkeypatch: pytest.MonkeyPatch) -> None:
     fallbacks: list[str] = []
-    public_start, public_status = Pipeline.start_server, _server._sync_status
 
-    def counted_start(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
-        fallbacks.append("start")
-        return public_start(self, *args, **kwargs)
+    def counting(name: str, public: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            fallbacks.append(name)
+            return public(*args, **kwargs)
 
-    def counted_status(*args: Any) -> None:
-        fallbacks.append("status")
-        public_status(*args)
+        return counted
 
-    monkeypatch.setattr(Pipeline, "start_server", counted_start)
-    monkeypatch.setattr(_server, "_sync_status", counted_status)
+    # The public paths: the fallback start, and the context methods the status would use.
+    monkeypatch.setattr(Pipeline, "start_server", counting("start", Pipeline.start_server))
+    for name in ("code", "is_active", "invocation_metadata"):
+        monkeypatch.setattr(grpc._server._Context, name,
+                            counting(name, getattr(grpc._server._Context, name)))
     seen: list[tuple[str, float]] = []
 
     def handler(request: bytes, context: Any) -> bytes:
