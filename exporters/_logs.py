@@ -135,6 +135,8 @@ class LogPipe:
         #: Drains whatever holds records before this pipe (deferred metrics), so flush/close
         #: also deliver calls that finished but were not yet handed over.
         self.upstream: Callable[[], None] | None = None
+        #: Counts an error that cost a record one field, not the record (bound by the Scope).
+        self.on_error: Callable[[str], None] | None = None
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
         atexit.register(_close_at_exit, ref)
@@ -264,14 +266,14 @@ class LogPipe:
             self._count("delivered", written)
             self._count("dropped", lost)
 
-    @staticmethod
-    def _resolve_deadline(record: CallRecord) -> None:
+    def _resolve_deadline(self, record: CallRecord) -> None:
         """The deadline from grpc's CallDetails (see resolve_deadline); failing loses only it."""
         try:
             resolve_deadline(record)
         except Exception:
             record.call_details = None
-            _LOG.debug("rpcscope: could not read a call's deadline", exc_info=True)
+            if self.on_error is not None:
+                self.on_error("log:deadline")  # counted as an instrumentation error
 
     def _count(self, outcome: str, n: int) -> None:
         if self._on_outcome is not None and n:

@@ -266,6 +266,26 @@ def test_failing_started_counter_keeps_trace_ids(make_scope: Callable[..., rpcsc
     assert doc["grpc.code"] == "OK"
 
 
+def test_unreadable_deadline_loses_that_field_not_the_record(
+        make_scope: Callable[..., rpcscope.Scope], serve_sync: Callable[..., int],
+        sync_channel: Callable[..., grpc.Channel], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync deadline is read from grpc's CallDetails on the log writer; if that fails, the
+    line is still written (without the deadline) and the error is counted."""
+    from rpcscope.exporters import _logs
+
+    def broken(record: Any) -> None:
+        raise RuntimeError("deadline unreadable")
+
+    monkeypatch.setattr(_logs, "resolve_deadline", broken)
+    scope = make_scope()
+    unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
+    assert unary(b"ok", timeout=30) == b"reply:ok"
+    [doc] = wait_for_logs(scope, 1, component="server")
+    assert doc["grpc.code"] == "OK" and doc["client.address"]
+    assert "grpc.request.deadline_seconds" not in doc
+    assert _errors(scope) == 1
+
+
 def test_raising_method_filter_is_counted_not_raised(make_scope: Callable[..., rpcscope.Scope],
                                                      serve_sync: Callable[..., int],
                                                      sync_channel: Callable[..., grpc.Channel]

@@ -67,6 +67,7 @@ class Scope:
 
             self._log_pipe = LogPipe(sink, self._identity, cfg.log_queue_size,
                                      on_outcome=on_outcome, metadata_allowlist=cfg.log_metadata)
+            self._log_pipe.on_error = self._errors.record
         deferred = metrics.deferred if metrics is not None else None
         if deferred is not None:
             deferred.on_error = self._errors.record
