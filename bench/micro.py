@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import grpc
@@ -74,14 +75,9 @@ class FakeContext:
         Metadatum("user-agent", "grpc-python/1.85.3 grpc-c/52.0.0 (linux; chttp2)"),
     )
 
-    class _Event:
-        call: Any = None
-        call_details: Any = None
-        invocation_metadata: Any = None
-
-    _rpc_event = _Event()
-    _rpc_event.call, _rpc_event.call_details = _Call(), _CallDetails()
-    _rpc_event.invocation_metadata = _METADATA
+    _rpc_event = SimpleNamespace(
+        call=_Call(), call_details=_CallDetails(), invocation_metadata=_METADATA
+    )
 
     def invocation_metadata(self) -> Any:
         return self._METADATA

@@ -170,10 +170,10 @@ class Scope:
     def flush(self, timeout: float = 5.0) -> None:
         """Fold finished calls into the metrics and hand every queued log record to its sink
         (waits up to ``timeout`` seconds for the sink)."""
-        if self._deferred is not None:
-            self._deferred.drain()
         if self._log_pipe is not None:
-            self._log_pipe.flush(timeout)
+            self._log_pipe.flush(timeout)  # drains deferred metrics first (its upstream)
+        elif self._deferred is not None:
+            self._deferred.drain()
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush logs and stop the metrics servers. Idempotent. (At interpreter exit the log queue
