@@ -56,7 +56,8 @@ _getrandbits: Final = random.getrandbits
 #: any thread may do it any number of times and gets the same ids.
 TraceIds = tuple[Any, int] | tuple[str, str, str | None, str]
 
-_SPAN_MASK: Final = (1 << 64) - 1
+#: The low 64 of a lazy trace tuple's random bits are the span id.
+SPAN_MASK: Final = (1 << 64) - 1
 
 
 def resolve_ids(trace: TraceIds) -> tuple[str, str, str | None, str]:
@@ -64,7 +65,7 @@ def resolve_ids(trace: TraceIds) -> tuple[str, str, str | None, str]:
     if len(trace) == 4:
         return trace
     incoming, bits = trace
-    span = f"{(bits & _SPAN_MASK) or 1:016x}"
+    span = f"{(bits & SPAN_MASK) or 1:016x}"
     if incoming is not None and type(incoming) is not str:
         incoming = _traceparent_of(incoming)
     if incoming is not None:
@@ -324,11 +325,14 @@ class Pipeline:
             metadata, record = None, CallRecord(info)
         return self._opened(record, metadata)
 
-    def start_server(self, info: MethodInfo, context: Any, metadata: Any = None) -> CallRecord:
+    def start_server(self, info: MethodInfo, context: Any, metadata: Any = None,
+                     own_task: bool = False) -> CallRecord:
         """Open a server call's record from its grpc context. Never raises.
 
         ``metadata``: the call's invocation metadata when the caller already has it (aio);
-        otherwise it is read from the context.
+        otherwise it is read from the context. ``own_task``: the call runs in an asyncio task
+        of its own (grpc.aio's coroutine handlers), whose context dies with it, so the trace
+        ids set here need no reset at the end (one contextvar operation less per call).
         """
         try:
             if metadata is None:
@@ -342,9 +346,9 @@ class Pipeline:
         except Exception:
             self.errors.record("context")
             metadata, record = None, CallRecord(info)
-        return self._opened(record, metadata)
+        return self._opened(record, metadata, own_task)
 
-    def _opened(self, record: CallRecord, metadata: Any) -> CallRecord:
+    def _opened(self, record: CallRecord, metadata: Any, own_task: bool = False) -> CallRecord:
         """A new server record: count ``started``, start its trace, keep its metadata."""
         info = record.info
         if info.metrics is not None:
@@ -360,7 +364,10 @@ class Pipeline:
                     # resolve_ids finds the traceparent, validates and formats later, when
                     # something reads the ids (grpc's metadata tuple is immutable).
                     record.trace = trace = (metadata or None, _getrandbits(192))
-                    record.ids_token = CURRENT_IDS.set(trace)
+                    if own_task:
+                        CURRENT_IDS.set(trace)
+                    else:
+                        record.ids_token = CURRENT_IDS.set(trace)
             except Exception:
                 self.errors.record("start:tracing")
         if self._keep_metadata:
@@ -431,21 +438,36 @@ class Pipeline:
                 self.errors.record("finish:log")
 
 
+class PickedMetadata(tuple[tuple[str, str], ...]):
+    """Metadata already picked and redacted by a :class:`MetadataPicker` (never picked twice).
+
+    A type of its own, not a shape test: a raw metadata tuple of plain pairs (from a test
+    double or a proxy context) must still go through redaction.
+    """
+
+    __slots__ = ()
+
+
 class MetadataPicker:
     """Turns a call's raw invocation metadata into the logged, redacted allowlist subset.
 
     Runs on the log writer, not the request path. Redaction is decided once per allowlisted
-    key, not per call. The result is a tuple of (key, value) pairs (hashable, so the line
-    encoder can cache its JSON), and picking it again returns it unchanged.
+    key, not per call. The result is a :class:`PickedMetadata` of (key, value) pairs
+    (hashable, so the line encoder can cache its JSON), and picking it again returns it
+    unchanged.
     """
 
-    __slots__ = ("_allow",)
+    __slots__ = ("redact",)
 
     def __init__(self, allowlist: Iterable[str]) -> None:
-        self._allow = {k.lower(): _must_redact(k.lower()) for k in allowlist}
+        #: allowlisted key -> whether its value is replaced by "[REDACTED]" (read by the
+        #: line encoder, which picks inline: see CallLineEncoder.encode_batch).
+        self.redact = {k.lower(): _must_redact(k.lower()) for k in allowlist}
 
-    def __call__(self, metadata: Any) -> tuple[tuple[str, str], ...] | None:
-        allow = self._allow
+    def __call__(self, metadata: Any) -> PickedMetadata | None:
+        if type(metadata) is PickedMetadata:
+            return metadata
+        allow = self.redact
         picked: list[tuple[str, str]] = []
         for key, value in metadata:
             redact = allow.get(key)
@@ -453,7 +475,7 @@ class MetadataPicker:
                 picked.append(
                     (key, "[REDACTED]" if redact else value if type(value) is str else repr(value))
                 )
-        return tuple(picked) if picked else None
+        return PickedMetadata(picked) if picked else None
 
 
 def resolve_deadline(record: CallRecord) -> None:

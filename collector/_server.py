@@ -348,7 +348,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
             info, start, finish = self._table.unknown, self._start, self._finish
 
             async def unimplemented(request_iterator: Any, context: Any) -> Any:
-                record = start(info, context, call_metadata())
+                record = start(info, context, call_metadata(), True)
                 try:
                     await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_FOUND_DETAILS)
                 except BaseException as error:
@@ -368,7 +368,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                 return self._sync.wrap(handler, info)  # grpc runs it in its executor
 
             async def unary_unary(request: Any, context: Any) -> Any:
-                record = start(info, context, call_metadata())
+                record = start(info, context, call_metadata(), True)
                 record.msgs_in = 1
                 try:
                     response = await behavior(request, context)
@@ -386,7 +386,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                 return self._sync.wrap(handler, info)
 
             async def stream_unary(request_iterator: Any, context: Any) -> Any:
-                record = start(info, context, call_metadata())
+                record = start(info, context, call_metadata(), True)
                 try:
                     requests = (
                         None if request_iterator is None
@@ -409,7 +409,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
         if inspect.isasyncgenfunction(behavior):
 
             async def gen_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                record = start(info, context, call_metadata())
+                record = start(info, context, call_metadata(), True)
                 if streaming_in:
                     request = _AsyncCountingIterator(request, record)
                 else:
@@ -429,7 +429,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
             # read/write API: the handler calls context.read()/write() and returns None.
 
             async def rw_stream(request: Any, context: Any) -> Any:
-                record = start(info, context, call_metadata())
+                record = start(info, context, call_metadata(), True)
                 if streaming_in:
                     if request is not None:
                         request = _AsyncCountingIterator(request, record)

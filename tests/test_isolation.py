@@ -271,12 +271,22 @@ def test_unreadable_deadline_loses_that_field_not_the_record(
         sync_channel: Callable[..., grpc.Channel], monkeypatch: pytest.MonkeyPatch) -> None:
     """The sync deadline is read from grpc's CallDetails on the log writer; if that fails, the
     line is still written (without the deadline) and the error is counted."""
-    from rpcscope.exporters import _logs
+    from rpcscope.collector._core import Pipeline
 
-    def broken(record: Any) -> None:
-        raise RuntimeError("deadline unreadable")
+    class Unreadable:
+        @property
+        def deadline(self) -> float:
+            raise RuntimeError("deadline unreadable")
 
-    monkeypatch.setattr(_logs, "resolve_deadline", broken)
+    start = Pipeline.start_sync_server
+
+    def start_with_unreadable_details(self: Pipeline, info: Any, context: Any) -> Any:
+        record = start(self, info, context)
+        assert record.call_details is not None  # the direct path ran: this test needs it
+        record.call_details = Unreadable()
+        return record
+
+    monkeypatch.setattr(Pipeline, "start_sync_server", start_with_unreadable_details)
     scope = make_scope()
     unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
     assert unary(b"ok", timeout=30) == b"reply:ok"

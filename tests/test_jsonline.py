@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import pytest
 
-from rpcscope.collector._core import CallRecord, MethodInfo
+from rpcscope.collector._core import CallRecord, MetadataPicker, MethodInfo
 from rpcscope.exporters._ecs import Identity, call_document
 from rpcscope.exporters._jsonline import CallLineEncoder
 
@@ -52,7 +54,77 @@ def _record(component: str = "server", **fields: object) -> CallRecord:
 def test_fast_line_equals_general_document(fields: dict[str, object], component: str) -> None:
     identity = Identity("svc %s", "1.0", None)
     record = _record(component, **fields)
-    encoder = CallLineEncoder(identity)
+    encoder = CallLineEncoder(identity, _PICKER)
     # Twice: the second call takes the cached template, peer and metadata fragments.
     for _ in range(2):
         assert json.loads(encoder.encode(record)) == call_document(record, identity)
+
+
+_PICKER = MetadataPicker(("user-agent", "x-request-id", "authorization"))
+_TRACEPARENT = f"00-{'a' * 32}-{'b' * 16}-01"
+
+
+class Metadatum(NamedTuple):
+    """grpc's metadata pair type (a named tuple, not a plain pair)."""
+
+    key: str
+    value: str
+
+
+@pytest.mark.parametrize("plain_pairs", [False, True])
+@pytest.mark.parametrize("code", ["OK", "NotFound"])
+def test_raw_request_path_record_is_picked_redacted_and_traced(plain_pairs: bool, code: str
+                                                               ) -> None:
+    """What the request path hands over: grpc's raw metadata, shared with the lazy trace tuple,
+    and the call's CallDetails. The line carries only allowlisted keys (secrets redacted), the
+    caller's trace as parent, and the deadline as the remaining time at the start, whether the
+    pairs are grpc's named tuples or plain tuples (a test double's)."""
+    def pair(key: str, value: str) -> tuple[str, str]:
+        return (key, value) if plain_pairs else Metadatum(key, value)
+
+    raw = (pair("user-agent", "ua/1"), pair("traceparent", _TRACEPARENT),
+           pair("authorization", "Bearer s3cret"), pair("cookie", "c"))
+    record = _record(code=code)
+    record.metadata = raw
+    record.trace = (raw, 0xFEED_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0001)
+    start = (record.end_wall_ns - record.duration_ns) / 1e9
+    record.call_details = SimpleNamespace(deadline=start + 2.5)
+    identity = Identity("svc", None, None)
+    line = CallLineEncoder(identity, _PICKER).encode(record)
+    doc = json.loads(line)
+    assert "s3cret" not in line and "cookie" not in line
+    assert doc["grpc.request.metadata"] == {"user-agent": "ua/1", "authorization": "[REDACTED]"}
+    assert (doc["trace.id"], doc["parent.id"]) == ("a" * 32, "b" * 16)
+    assert doc["span.id"] == "0000000000000001"
+    assert doc["grpc.request.deadline_seconds"] == pytest.approx(2.5, abs=1e-6)
+    assert doc == call_document(record, identity)  # the record now holds what was logged
+
+
+def test_a_batch_keeps_order_and_loses_only_what_cannot_be_encoded() -> None:
+    """One broken record costs that record; an unreadable deadline costs that field (and is
+    reported); other items go through ``other``, in order."""
+
+    class Unreadable:
+        @property
+        def deadline(self) -> float:
+            raise RuntimeError("deadline unreadable")
+
+    good, broken, no_deadline = _record(), _record(), _record()
+    broken.info = None  # type: ignore[assignment]
+    no_deadline.call_details = Unreadable()
+    errors: list[str] = []
+    lines, failed = CallLineEncoder(Identity("svc", None, None), _PICKER).encode_batch(
+        ["app-1", good, broken, no_deadline, "app-2"], lambda item: f"<{item}>", errors.append)
+    assert failed == 1 and errors == ["log:deadline"]
+    assert lines[0] == "<app-1>" and lines[-1] == "<app-2>" and len(lines) == 4
+    assert "grpc.request.deadline_seconds" not in json.loads(lines[2])
+    assert json.loads(lines[1])["grpc.code"] == json.loads(lines[2])["grpc.code"] == "OK"
+
+
+def test_picking_twice_returns_the_same_and_plain_pairs_are_still_redacted() -> None:
+    picked = _PICKER((("authorization", "x"), ("user-agent", "u"), ("other", "o")))
+    assert picked == (("authorization", "[REDACTED]"), ("user-agent", "u"))
+    assert _PICKER(picked) is picked
+    assert _PICKER((("other", "o"),)) is None
+
+
