@@ -23,11 +23,11 @@ from typing import Any, Final
 from rpcscope import schema
 from rpcscope.collector._core import (
     HOSTNAME,
-    SPAN_MASK,
     CallRecord,
     MetadataPicker,
     MethodInfo,
     PickedMetadata,
+    lazy_ids_hex,
     parse_traceparent,
     resolve_ids,
 )
@@ -208,11 +208,10 @@ class CallLineEncoder:
                 elif len(trace) == 2 and trace[0] is raw:
                     # The request path's lazy form over the metadata just scanned: format it
                     # here (resolve_ids' rules) instead of scanning the metadata again.
-                    bits = trace[1]
-                    span = "%016x" % ((bits & SPAN_MASK) or 1)
+                    new_trace, span = lazy_ids_hex(trace[1])
                     parent = None if traceparent is None else parse_traceparent(traceparent)
                     trace_part = (
-                        ',"trace.id":"%032x","span.id":"%s"' % ((bits >> 64) or 1, span)
+                        ',"trace.id":"%s","span.id":"%s"' % (new_trace, span)
                         if parent is None else
                         ',"trace.id":"%s","span.id":"%s","parent.id":"%s"'
                         % (parent[0], span, parent[1])

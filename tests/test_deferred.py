@@ -112,13 +112,43 @@ def test_lazily_formatted_ids_agree_for_every_reader(
 
 
 def test_resolving_ids_is_deterministic() -> None:
-    """No state is kept, so any thread may resolve the same ids any number of times: the
-    random bits split into the trace id (high 128) and the span id (low 64)."""
+    """No state is kept, so any thread may resolve the same ids any number of times; distinct
+    call numbers give distinct, valid ids."""
+    from rpcscope.collector._core import parse_traceparent, resolve_ids
+
+    results = {resolve_ids(("not-a-traceparent", 7)) for _ in range(3)}
+    assert len(results) == 1
+    ids = {resolve_ids((None, n)) for n in range(1, 2001)}
+    assert len({i[0] for i in ids}) == len({i[1] for i in ids}) == 2000
+    for trace_id, span_id, parent, flags in ids:
+        assert parent is None and flags == "01"
+        assert parse_traceparent(f"00-{trace_id}-{span_id}-01") is not None  # valid W3C ids
+
+
+def _child_ids(queue: Any) -> None:
     from rpcscope.collector._core import resolve_ids
 
-    trace = ("not-a-traceparent", 0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321_1111_2222_3333_4444)
-    results = {resolve_ids(trace) for _ in range(3)}
-    assert results == {("123456789abcdef00fedcba987654321", "1111222233334444", None, "01")}
+    queue.put(resolve_ids((None, 1)))
+
+
+def test_a_forked_child_draws_different_ids_for_the_same_call_number() -> None:
+    """A forked child continues its parent's call numbers (pre-fork servers such as gunicorn's
+    workers): a fresh key per process keeps their ids apart."""
+    import multiprocessing
+
+    from rpcscope.collector._core import resolve_ids
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    children = [ctx.Process(target=_child_ids, args=(queue,)) for _ in range(2)]
+    for child in children:
+        child.start()
+    seen = [queue.get(timeout=30) for _ in children]
+    for child in children:
+        child.join(30)
+    ours = resolve_ids((None, 1))
+    assert len({ours[0], *(ids[0] for ids in seen)}) == 3
+    assert len({ours[1], *(ids[1] for ids in seen)}) == 3
 
 
 def test_aio_calls_log_their_own_metadata_and_trace(
