@@ -14,7 +14,6 @@ Two modes, chosen per call so a TracerProvider configured after the Scope is sti
 
 from __future__ import annotations
 
-import random
 from time import monotonic
 from typing import Any, Final
 
@@ -36,20 +35,13 @@ from rpcscope.collector._core import (
     CallRecord,
     TraceIds,
     is_server_fault,
+    lazy_ids_hex,
+    next_call_number,
     resolve_ids,
 )
 
 TRACEPARENT: Final = "traceparent"
 _GRPC_NUMERIC: Final = {name: code.value[0] for code, name in schema.GO_CODE_NAMES.items()}
-_getrandbits = random.getrandbits
-
-
-def new_trace_id() -> str:
-    return "%032x" % (_getrandbits(128) or 1)
-
-
-def new_span_id() -> str:
-    return "%016x" % (_getrandbits(64) or 1)
 
 
 class _MetadataGetter(Getter[Any]):
@@ -125,14 +117,15 @@ class Tracing:
             record.otel_span = (span, None)
             record.trace = _ids_from_span(span)
             return
-        # The outgoing traceparent needs the ids now: format them eagerly.
+        # The outgoing traceparent needs the ids now: format them eagerly (same source as the
+        # server side's lazy ids: lazy_ids_hex).
         current = CURRENT_IDS.get()
-        span_id = new_span_id()
+        new_trace, span_id = lazy_ids_hex(next_call_number())
         if current is not None:
             trace_id, parent_span, _, flags = resolve_ids(current)
             record.trace = (trace_id, span_id, parent_span, flags)
         else:
-            record.trace = (new_trace_id(), span_id, None, "01")
+            record.trace = (new_trace, span_id, None, "01")
 
     def outgoing_metadata(self, record: CallRecord) -> list[tuple[str, str]]:
         """The propagation headers a client call must carry."""
