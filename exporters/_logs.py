@@ -118,8 +118,7 @@ class LogPipe:
         self._pick_metadata = MetadataPicker(metadata_allowlist)
         self._identity = identity
         # Line sinks get the fast encoder's output; other sinks (e.g. Forward) get documents.
-        self._lines = (CallLineEncoder(identity, self._pick_metadata)
-                       if isinstance(sink, LineSink) else None)
+        self._lines = CallLineEncoder(identity) if isinstance(sink, LineSink) else None
         self._max = max_queue
         self._interval = flush_interval
         self._on_outcome = on_outcome
@@ -225,19 +224,31 @@ class LogPipe:
                 batch.append(queue.popleft())
             self._inflight = len(batch)
             self._count("emitted", len(batch))
-            # Line sinks: the encoder also resolves deadlines and picks metadata, in one pass
-            # per record (see CallLineEncoder.encode_batch); other sinks take documents.
-            encoded: tuple[list[Any], int] = (
-                self._lines.encode_batch(batch, self._log_line, self._field_error)
-                if self._lines is not None else self._documents(batch)
-            )
-            documents, failed = encoded
-            if failed:
-                # Could not even build the document: counted, never crash the worker.
-                with self._count_lock:
-                    self.dropped += failed
-                self._inflight -= failed
-                self._count("dropped", failed)
+            documents: list[Any] = []
+            lines = self._lines
+            for item in batch:
+                try:
+                    if isinstance(item, CallRecord):
+                        if item.call_details is not None:
+                            resolve_deadline(item, self._field_error)
+                        if item.metadata is not None:
+                            item.metadata = self._pick_metadata(item.metadata)
+                    if lines is not None:
+                        documents.append(
+                            lines.encode(item) if isinstance(item, CallRecord)
+                            else encode_json(log_record_document(item, self._identity))
+                        )
+                    elif isinstance(item, CallRecord):
+                        documents.append(call_document(item, self._identity))
+                    else:
+                        documents.append(log_record_document(item, self._identity))
+                except Exception:
+                    # Could not even build the document: count it, never crash the worker.
+                    with self._count_lock:
+                        self.dropped += 1
+                    self._inflight -= 1
+                    self._count("dropped", 1)
+                    _LOG.debug("rpcscope: could not build a log document", exc_info=True)
             if not documents:
                 self._inflight = 0
                 continue
@@ -254,36 +265,6 @@ class LogPipe:
             self._inflight = 0
             self._count("delivered", written)
             self._count("dropped", lost)
-
-    def _log_line(self, record: logging.LogRecord) -> str:
-        return encode_json(log_record_document(record, self._identity))
-
-    def _documents(self, batch: list[CallRecord | logging.LogRecord]) -> tuple[list[Any], int]:
-        """ECS documents for sinks that take documents (the Fluentd forward shipper)."""
-        documents: list[Any] = []
-        failed = 0
-        for item in batch:
-            try:
-                if isinstance(item, CallRecord):
-                    if item.call_details is not None:
-                        self._resolve_deadline(item)
-                    if item.metadata is not None:
-                        item.metadata = self._pick_metadata(item.metadata)
-                    documents.append(call_document(item, self._identity))
-                else:
-                    documents.append(log_record_document(item, self._identity))
-            except Exception:
-                failed += 1
-                _LOG.debug("rpcscope: could not build a log document", exc_info=True)
-        return documents, failed
-
-    def _resolve_deadline(self, record: CallRecord) -> None:
-        """The deadline from grpc's CallDetails (see resolve_deadline); failing loses only it."""
-        try:
-            resolve_deadline(record)
-        except Exception:
-            record.call_details = None
-            self._field_error("log:deadline")
 
     def _field_error(self, where: str) -> None:
         """An error that cost a record one field, not the record: an instrumentation error."""

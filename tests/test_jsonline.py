@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
 from rpcscope.collector._core import CallRecord, MetadataPicker, MethodInfo, resolve_ids
 from rpcscope.exporters._ecs import Identity, call_document
 from rpcscope.exporters._jsonline import CallLineEncoder
+from rpcscope.exporters._logs import LineSink, LogPipe
 
 
 def _record(component: str = "server", **fields: object) -> CallRecord:
@@ -54,13 +57,14 @@ def _record(component: str = "server", **fields: object) -> CallRecord:
 def test_fast_line_equals_general_document(fields: dict[str, object], component: str) -> None:
     identity = Identity("svc %s", "1.0", None)
     record = _record(component, **fields)
-    encoder = CallLineEncoder(identity, _PICKER)
+    encoder = CallLineEncoder(identity)
     # Twice: the second call takes the cached template, peer and metadata fragments.
     for _ in range(2):
         assert json.loads(encoder.encode(record)) == call_document(record, identity)
 
 
-_PICKER = MetadataPicker(("user-agent", "x-request-id", "authorization"))
+_ALLOW = ("user-agent", "x-request-id", "authorization")
+_PICKER = MetadataPicker(_ALLOW)
 _TRACEPARENT = f"00-{'a' * 32}-{'b' * 16}-01"
 
 
@@ -69,6 +73,32 @@ class Metadatum(NamedTuple):
 
     key: str
     value: str
+
+
+class _Lines(LineSink):
+    """The stdout/file sinks' contract: pre-encoded lines, kept here."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write_lines(self, lines: Sequence[str]) -> int:
+        self.lines.extend(lines)
+        return len(lines)
+
+
+def _write(*items: CallRecord | logging.LogRecord) -> tuple[list[dict[str, Any]], LogPipe,
+                                                            list[str]]:
+    """Items through a log pipe with a line sink (the fast encoder's path), decoded."""
+    sink, errors = _Lines(), []
+    pipe = LogPipe(sink, Identity("svc", None, None), metadata_allowlist=_ALLOW)
+    pipe.on_error = errors.append
+    for item in items:
+        if isinstance(item, CallRecord):
+            pipe.emit_call(item)
+        else:
+            pipe.emit_log(item)
+    pipe.close()
+    return [json.loads(line) for line in sink.lines], pipe, errors
 
 
 @pytest.mark.parametrize("plain_pairs", [False, True])
@@ -89,42 +119,40 @@ def test_raw_request_path_record_is_picked_redacted_and_traced(plain_pairs: bool
     record.trace = (raw, 42)
     start = (record.end_wall_ns - record.duration_ns) / 1e9
     record.call_details = SimpleNamespace(deadline=start + 2.5)
-    identity = Identity("svc", None, None)
-    line = CallLineEncoder(identity, _PICKER).encode(record)
-    doc = json.loads(line)
-    assert "s3cret" not in line and "cookie" not in line
+    [doc], _, _ = _write(record)
+    assert "s3cret" not in json.dumps(doc) and "cookie" not in json.dumps(doc)
     assert doc["grpc.request.metadata"] == {"user-agent": "ua/1", "authorization": "[REDACTED]"}
     assert (doc["trace.id"], doc["parent.id"]) == ("a" * 32, "b" * 16)
     assert doc["span.id"] == resolve_ids((None, 42))[1]  # the call number's span id
     assert doc["grpc.request.deadline_seconds"] == pytest.approx(2.5, abs=1e-6)
-    assert doc == call_document(record, identity)  # the record now holds what was logged
+    # The record now holds what was logged.
+    assert doc == call_document(record, Identity("svc", None, None))
 
 
 def test_a_batch_keeps_order_and_loses_only_what_cannot_be_encoded() -> None:
     """One broken record costs that record; an unreadable deadline costs that field (and is
-    reported); other items go through ``other``, in order."""
+    reported); application log records travel in order with the calls."""
 
     class Unreadable:
         @property
         def deadline(self) -> float:
             raise RuntimeError("deadline unreadable")
 
+    def app(message: str) -> logging.LogRecord:
+        return logging.LogRecord("app", logging.INFO, __file__, 1, message, None, None)
+
     good, broken, no_deadline = _record(), _record(), _record()
     broken.info = None  # type: ignore[assignment]
     no_deadline.call_details = Unreadable()
-    errors: list[str] = []
-    lines, failed = CallLineEncoder(Identity("svc", None, None), _PICKER).encode_batch(
-        ["app-1", good, broken, no_deadline, "app-2"], lambda item: f"<{item}>", errors.append)
-    assert failed == 1 and errors == ["log:deadline"]
-    assert lines[0] == "<app-1>" and lines[-1] == "<app-2>" and len(lines) == 4
-    assert "grpc.request.deadline_seconds" not in json.loads(lines[2])
-    assert json.loads(lines[1])["grpc.code"] == json.loads(lines[2])["grpc.code"] == "OK"
+    docs, pipe, errors = _write(app("app-1"), good, broken, no_deadline, app("app-2"))
+    assert pipe.dropped == 1 and errors == ["log:deadline"]
+    assert docs[0]["message"] == "app-1" and docs[-1]["message"] == "app-2" and len(docs) == 4
+    assert "grpc.request.deadline_seconds" not in docs[2]
+    assert docs[1]["grpc.code"] == docs[2]["grpc.code"] == "OK"
 
 
 def test_picking_twice_returns_the_same_and_plain_pairs_are_still_redacted() -> None:
     picked = _PICKER((("authorization", "x"), ("user-agent", "u"), ("other", "o")))
     assert picked == (("authorization", "[REDACTED]"), ("user-agent", "u"))
-    assert _PICKER(picked) is picked
+    assert _PICKER(picked) == picked
     assert _PICKER((("other", "o"),)) is None
-
-
