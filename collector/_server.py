@@ -57,7 +57,7 @@ def _sync_status(record: CallRecord, context: Any, error: BaseException | None) 
     """A sync call's status, read from grpc's per-call state when it has one.
 
     ``is_active()`` takes the call's lock (about 1 µs per call, timed inside a running bench
-    server: more than the rest of the finish); while the handler runs it is
+    server); while the handler runs it is
     ``state.client != "cancelled"``, and py-grpc-prometheus reads ``context._state`` the same
     way. Contexts without that state (another grpcio, the proxy of :class:`_SyncOnAio`) are
     asked through the public methods.
@@ -330,7 +330,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
     async def intercept_service(self, continuation: Callable[[Any], Any],
                                 handler_call_details: Any) -> Any:
         # On grpc.aio, context.invocation_metadata() rebuilds the metadata tuple on every call
-        # (about 1 µs, more than the rest of our request path); grpc already built it for us
+        # (about 1 µs, timed inside a running server); grpc already built it for us
         # here. Hand it to the wrapper through a contextvar: grpc.aio runs each RPC in a task
         # of its own and calls the interceptors before the handler in that task, so the
         # handler sees this call's value. Sync handlers run in an executor thread that does
