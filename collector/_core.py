@@ -46,72 +46,95 @@ CLIENT: Final = "client"
 #: ``(incoming, call number)`` — ``incoming`` is the call's invocation metadata (searched for
 #: ``traceparent`` when read), a ``traceparent`` value, or None; the call number (unique in
 #: this process) gives this call's span id and, when no valid traceparent came in, a new trace
-#: id (:func:`lazy_ids_hex`) — or the already formatted
+#: id (:func:`resolve_ids`) — or the already formatted
 #: ``(trace_id, span_id, parent_span_id or None, flags)``.
 #:
 #: Why lazy: validating the incoming header and hex-formatting ids costs about 1 µs per call
 #: even warm, and code that runs once per RPC runs with cold caches. The request
 #: path takes the next call number and builds one small tuple; the log writer (in batches,
-#: warm) or a reader such as :func:`current_ids` formats. Resolving is deterministic (no
-#: state), so any thread may do it any number of times and gets the same ids.
+#: warm) or a reader such as :func:`current_ids` formats. Resolving is deterministic, so any
+#: thread may do it any number of times and gets the same ids.
 TraceIds = tuple[Any, int] | tuple[str, str, str | None, str]
 
 #: The request path's id source: the next call number (C-level, atomic under the GIL).
 next_call_number: Callable[[], int] = itertools.count(1).__next__
 
 
-def _new_id_key() -> Any:
-    """BLAKE2b keyed with 32 fresh random bytes, ready to be copied per id."""
-    return hashlib.blake2b(key=os.urandom(32), digest_size=24)
+class _IdSource:
+    """A per-process keyed PRF from call numbers to ids of ``hex_digits`` hex digits.
+
+    One 64-byte BLAKE2b digest (keyed with 32 random bytes) of ``number // per`` holds the ids
+    of ``per`` consecutive call numbers (8 span ids or 4 trace ids), and the last digest is
+    kept, so the log writer, which resolves records in call order, hashes once per block.
+    Deterministic: any thread resolves the same number to the same id at any time (the cache
+    is one tuple, swapped whole, so a race costs a recomputation, never a wrong id).
+    """
+
+    __slots__ = ("_hex_digits", "_key", "_last", "_per", "_zero")
+
+    def __init__(self, hex_digits: int) -> None:
+        self._hex_digits = hex_digits
+        self._per = 128 // hex_digits
+        self._zero = "0" * hex_digits
+        self.rekey()
+
+    def rekey(self) -> None:
+        self._key: Any = hashlib.blake2b(key=os.urandom(32))
+        self._last: tuple[int, str] = (-1, "")
+
+    def id_of(self, number: int) -> str:
+        block, slot = divmod(number, self._per)
+        cached = self._last
+        if cached[0] != block:
+            digest = self._key.copy()
+            digest.update(block.to_bytes(8, "little"))
+            cached = self._last = (block, digest.hexdigest())
+        width = self._hex_digits
+        text = cached[1][slot * width:(slot + 1) * width]
+        # All-zero ids are invalid (W3C): a 1-in-2**64 draw at worst, replaced.
+        return text if text != self._zero else self._zero[:-1] + "1"
 
 
-_ID_KEY = _new_id_key()
+_SPAN_IDS: Final = _IdSource(16)
+_TRACE_IDS: Final = _IdSource(32)
+#: Span id (16 hex digits) of a call number; see :func:`resolve_ids` for why ids are derived.
+span_id_of: Final = _SPAN_IDS.id_of
+#: Trace id (32 hex digits) of a call number that starts a new trace.
+trace_id_of: Final = _TRACE_IDS.id_of
 
 
 def _rekey_after_fork() -> None:
-    # A forked child continues the parent's call numbers: a new key keeps its ids apart.
-    global _ID_KEY  # noqa: PLW0603 - a fork hook replaces the module's key
-    _ID_KEY = _new_id_key()
+    # A forked child continues the parent's call numbers: new keys keep its ids apart.
+    _SPAN_IDS.rekey()
+    _TRACE_IDS.rekey()
 
 
 os.register_at_fork(after_in_child=_rekey_after_fork)
 
 
-def lazy_ids_hex(number: int) -> tuple[str, str]:
-    """(new trace id, span id) for a call number: BLAKE2b, keyed per process, of the number.
-
-    Why not ``random.getrandbits`` on the request path: timed alone inside a running bench
-    server (one-off measurements), drawing 192 bits cost 1.3 µs of CPU per call (the
-    generator's 2.5 KB state is cold there) and taking the next call number 0.3 µs. Timed
-    around the whole start of a call the saving was smaller (0.2 to 0.3 µs), and the log
-    writer pays about 0.4 µs more per line for the hash than for formatting random bits: about
-    even in total CPU, but moved off the request path. A keyed hash of a counter is a standard
-    pseudo-random construction: ids are unique per process, unpredictable without the key
-    (Mersenne Twister's are not), and a fork gets a new key. Client calls use it too
-    (eagerly: their traceparent goes out at once).
-    """
-    digest = _ID_KEY.copy()
-    digest.update(number.to_bytes(8, "little"))
-    text = digest.hexdigest()
-    trace_id, span_id = text[:32], text[32:]
-    # All-zero ids are invalid (W3C); a 1-in-2**64 draw, replaced as the old bit maths did.
-    return (trace_id if trace_id != _ZERO_TRACE else "0" * 31 + "1",
-            span_id if span_id != _ZERO_SPAN else "0" * 15 + "1")
-
-
 def resolve_ids(trace: TraceIds) -> tuple[str, str, str | None, str]:
-    """(trace_id, span_id, parent_span_id or None, trace_flags) as lowercase hex."""
+    """(trace_id, span_id, parent_span_id or None, trace_flags) as lowercase hex.
+
+    Why ids are derived from a call number rather than drawn on the request path: timed alone
+    inside a running bench server (one-off measurements), ``random.getrandbits(192)`` cost
+    1.3 µs of CPU per call (the generator's 2.5 KB state is cold there) and taking the next
+    call number 0.3 µs. A keyed hash of a counter is a standard pseudo-random construction:
+    ids are unique per process, unpredictable without the key (Mersenne Twister's are not),
+    and a fork gets new keys. One digest serves a block of call numbers (:class:`_IdSource`),
+    and a new trace id is derived only when no valid ``traceparent`` came in.
+    """
     if len(trace) == 4:
         return trace
     incoming, number = trace
-    new_trace, span = lazy_ids_hex(number)
-    if incoming is not None and type(incoming) is not str:
-        incoming = _traceparent_of(incoming)
+    span = span_id_of(number)
     if incoming is not None:
-        parent = parse_traceparent(incoming)
-        if parent is not None:
-            return parent[0], span, parent[1], parent[2]
-    return new_trace, span, None, "01"
+        if type(incoming) is not str:
+            incoming = _traceparent_of(incoming)
+        if incoming is not None:
+            parent = parse_traceparent(incoming)
+            if parent is not None:
+                return parent[0], span, parent[1], parent[2]
+    return trace_id_of(number), span, None, "01"
 
 
 def _traceparent_of(metadata: Any) -> str | None:

@@ -35,9 +35,10 @@ from rpcscope.collector._core import (
     CallRecord,
     TraceIds,
     is_server_fault,
-    lazy_ids_hex,
     next_call_number,
     resolve_ids,
+    span_id_of,
+    trace_id_of,
 )
 
 TRACEPARENT: Final = "traceparent"
@@ -117,15 +118,16 @@ class Tracing:
             record.otel_span = (span, None)
             record.trace = _ids_from_span(span)
             return
-        # The outgoing traceparent needs the ids now: format them eagerly (same source as the
-        # server side's lazy ids: lazy_ids_hex).
+        # The outgoing traceparent needs the ids now: format them eagerly (same sources as the
+        # server side's lazy ids: see resolve_ids).
         current = CURRENT_IDS.get()
-        new_trace, span_id = lazy_ids_hex(next_call_number())
+        number = next_call_number()
+        span_id = span_id_of(number)
         if current is not None:
             trace_id, parent_span, _, flags = resolve_ids(current)
             record.trace = (trace_id, span_id, parent_span, flags)
         else:
-            record.trace = (new_trace, span_id, None, "01")
+            record.trace = (trace_id_of(number), span_id, None, "01")
 
     def outgoing_metadata(self, record: CallRecord) -> list[tuple[str, str]]:
         """The propagation headers a client call must carry."""

@@ -125,6 +125,30 @@ def test_resolving_ids_is_deterministic() -> None:
         assert parse_traceparent(f"00-{trace_id}-{span_id}-01") is not None  # valid W3C ids
 
 
+def test_ids_do_not_depend_on_the_order_or_thread_that_resolves_them() -> None:
+    """Ids come from one digest per block of call numbers, and the last block is cached: a
+    call resolved out of order, or on another thread between two of ours, still gets the
+    ids it gets in order."""
+    import random
+    import threading
+
+    from rpcscope.collector._core import resolve_ids
+
+    numbers = list(range(1, 400))
+    in_order = [resolve_ids((None, n)) for n in numbers]
+    shuffled = numbers[:]
+    random.Random(7).shuffle(shuffled)
+    by_number = {n: resolve_ids((None, n)) for n in shuffled}
+    assert [by_number[n] for n in numbers] == in_order
+    seen: list[Any] = []
+    worker = threading.Thread(target=lambda: seen.extend(
+        resolve_ids((None, n)) for n in reversed(numbers)))
+    worker.start()
+    mine = [resolve_ids((None, n)) for n in numbers]
+    worker.join()
+    assert mine == in_order and seen[::-1] == in_order
+
+
 def _child_ids(queue: Any) -> None:
     from rpcscope.collector._core import resolve_ids
 
