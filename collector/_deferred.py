@@ -90,7 +90,8 @@ class DeferredMetrics(Collector):
         self._interval = interval
         self.max_pending = max_pending
         self._methods: list[MethodAggregate] = []
-        #: The request path's hand-off; Pipeline appends MethodAggregates ("started") directly.
+        #: The request path's hand-off: Pipeline appends MethodAggregates ("started") and
+        #: finished CallRecords directly (no method call: see Pipeline.start_server on why).
         self.pending: deque[Any] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -116,14 +117,7 @@ class DeferredMetrics(Collector):
             self._methods.append(m)
         return m
 
-    # -- request path ---------------------------------------------------------------------------
-
-    def finished(self, record: CallRecord) -> None:
-        """Hand over a finished call: the request path's only cost for metrics and log."""
-        pending = self.pending
-        pending.append(record)
-        if self.thread is None or len(pending) > self.max_pending:
-            self.kick()
+    # -- request path (Pipeline appends to ``pending`` itself) -----------------------------------
 
     def kick(self) -> None:
         """Start the thread if needed; fold in here if the queue outgrew ``max_pending``."""

@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -53,61 +53,73 @@ def _explicit_status(record: CallRecord, context: Any, code: Any) -> None:
     record.code, record.details = go_code(code), details or None
 
 
-def _sync_status(record: CallRecord, context: Any, error: BaseException | None) -> None:
-    """A sync call's status, read from grpc's per-call state when it has one.
-
-    ``is_active()`` takes the call's lock (about 1 µs per call, timed inside a running bench
-    server); while the handler runs it is
-    ``state.client != "cancelled"``, and py-grpc-prometheus reads ``context._state`` the same
-    way. Contexts without that state (another grpcio, the proxy of :class:`_SyncOnAio`) are
-    asked through the public methods.
-    """
-    try:
-        state = context._state
-        code, cancelled = state.code, state.client == _CANCELLED
-    except AttributeError:
-        code = context.code()
-        cancelled = (code is None or code is _OK) and not context.is_active()
-    if code is not None and code is not _OK:
-        _explicit_status(record, context, code)
-    elif cancelled:
-        record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
-    elif error is not None:
-        record.code, record.details = "Unknown", f"Exception calling application: {error}"
-
-
-def _aio_status(record: CallRecord, context: Any, error: BaseException | None) -> None:
-    code = context.code()
-    if code is not None and code is not _OK:
-        _explicit_status(record, context, code)
-    elif isinstance(error, asyncio.CancelledError) or context.cancelled():
-        record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
-    elif error is not None:
-        record.code, record.details = "Unknown", f"Unexpected error in RPC handler: {error!r}"
-
-
-class _Finisher:
-    """Sets the final status on a record and hands it to the pipeline; never raises."""
-
-    __slots__ = ("_errors", "_finish", "_status")
-
-    def __init__(self, pipe: Pipeline,
-                 status: Callable[[CallRecord, Any, BaseException | None], None]) -> None:
-        self._errors = pipe.errors
-        self._finish = pipe.finish
-        self._status = status
-
+class _Finish(Protocol):
     def __call__(self, record: CallRecord, context: Any, error: BaseException | None,
-                 unary_out: bool = False) -> None:
+                 unary_out: bool = False) -> None: ...
+
+
+def _sync_finisher(pipe: Pipeline) -> _Finish:
+    """A sync server's finish: the final status onto the record, then the pipeline. Never raises.
+
+    One function with the status read inline (no helper calls: see Pipeline.start_server on why).
+    grpc's per-call state is read directly when the context has it: ``is_active()`` takes
+    the call's lock (about 1 µs per call, timed inside a running bench server); while the
+    handler runs it is ``state.client != "cancelled"``, and py-grpc-prometheus reads
+    ``context._state`` the same way. Contexts without that state (another grpcio, the proxy
+    of :class:`_SyncOnAio`) are asked through the public methods.
+    """
+    errors, close = pipe.errors, pipe.finish
+
+    def finish(record: CallRecord, context: Any, error: BaseException | None,
+               unary_out: bool = False) -> None:
         try:
             if error is not None and not isinstance(error, GeneratorExit):
                 record.error = error
-            self._status(record, context, error)
-            if unary_out and record.code == "OK":
+            state = getattr(context, "_state", None)
+            if state is not None:
+                code, cancelled = state.code, state.client == _CANCELLED
+            else:
+                code = context.code()
+                cancelled = (code is None or code is _OK) and not context.is_active()
+            if code is not None and code is not _OK:
+                _explicit_status(record, context, code)
+            elif cancelled:
+                record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
+            elif error is not None:
+                record.code, record.details = "Unknown", f"Exception calling application: {error}"
+            elif unary_out:
                 record.msgs_out = 1
         except Exception:
-            self._errors.record("status")
-        self._finish(record)
+            errors.record("status")
+        close(record)
+
+    return finish
+
+
+def _aio_finisher(pipe: Pipeline) -> _Finish:
+    """A grpc.aio server's finish (as :func:`_sync_finisher`, from the aio context's status)."""
+    errors, close = pipe.errors, pipe.finish
+
+    def finish(record: CallRecord, context: Any, error: BaseException | None,
+               unary_out: bool = False) -> None:
+        try:
+            if error is not None and not isinstance(error, GeneratorExit):
+                record.error = error
+            code = context.code()
+            if code is not None and code is not _OK:
+                _explicit_status(record, context, code)
+            elif isinstance(error, asyncio.CancelledError) or context.cancelled():
+                record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
+            elif error is not None:
+                record.code = "Unknown"
+                record.details = f"Unexpected error in RPC handler: {error!r}"
+            elif unary_out:
+                record.msgs_out = 1
+        except Exception:
+            errors.record("status")
+        close(record)
+
+    return finish
 
 
 class _CountingIterator:
@@ -202,9 +214,7 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        # grpc's sync server: read its per-call event directly (see start_sync_server).
-        self._start = pipe.start_sync_server
-        self._finish = _Finisher(pipe, _sync_status)
+        self._finish: _Finish = _sync_finisher(pipe)
         self._unimplemented: Any = None
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -295,7 +305,7 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
         return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
 
 
-def _responses(responses: Any, record: CallRecord, context: Any, finish: _Finisher
+def _responses(responses: Any, record: CallRecord, context: Any, finish: _Finish
                ) -> Iterator[Any]:
     """Yield the handler's responses unchanged, counting them; finish when the stream ends.
 
@@ -323,7 +333,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._finish = _Finisher(pipe, _aio_status)
+        self._finish = _aio_finisher(pipe)
         self._sync = _SyncOnAio(pipe, table)
         self._unimplemented: Any = None
 
@@ -457,11 +467,6 @@ class _SyncOnAio(ServerInterceptor):
     is the sync server's. Known limit: a client cancellation is invisible to such a handler (and
     to us) and counts as the handler's own outcome.
     """
-
-    def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
-        super().__init__(pipe, table)
-        # The context here is a proxy over grpc.aio's: no per-call event to read.
-        self._start: Callable[..., CallRecord] = pipe.start_server
 
     def wrap(self, handler: Any, info: MethodInfo) -> Any:
         inner = self._wrap(handler, info)

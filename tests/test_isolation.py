@@ -278,15 +278,16 @@ def test_unreadable_deadline_loses_that_field_not_the_record(
         def deadline(self) -> float:
             raise RuntimeError("deadline unreadable")
 
-    start = Pipeline.start_sync_server
+    start = Pipeline.start_server
 
-    def start_with_unreadable_details(self: Pipeline, info: Any, context: Any) -> Any:
-        record = start(self, info, context)
+    def start_with_unreadable_details(self: Pipeline, info: Any, context: Any,
+                                      *args: Any) -> Any:
+        record = start(self, info, context, *args)
         assert record.call_details is not None  # the direct path ran: this test needs it
         record.call_details = Unreadable()
         return record
 
-    monkeypatch.setattr(Pipeline, "start_sync_server", start_with_unreadable_details)
+    monkeypatch.setattr(Pipeline, "start_server", start_with_unreadable_details)
     scope = make_scope()
     unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
     assert unary(b"ok", timeout=30) == b"reply:ok"

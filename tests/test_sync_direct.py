@@ -1,5 +1,5 @@
-"""The sync server reads grpc's per-call event and state directly (Pipeline.start_sync_server,
-_server._sync_status): cheaper than the context's methods, but private to grpcio. These tests fail
+"""The sync server reads grpc's per-call event and state directly (Pipeline.start_server,
+_server._sync_finisher): cheaper than the context's methods, but private to grpcio. These tests fail
 if the installed grpcio stops offering them (the code would then quietly fall back to the public
 methods) and pin that the access log says what the context itself says."""
 
@@ -13,7 +13,6 @@ import grpc._server
 import pytest
 
 import rpcscope
-from rpcscope.collector._core import Pipeline
 from rpcscope.testing import CaptureSink
 
 
@@ -30,8 +29,7 @@ def test_sync_calls_take_the_direct_path_and_log_what_the_context_says(
 
         return counted
 
-    # The public paths: the fallback start, and the context methods the status would use.
-    monkeypatch.setattr(Pipeline, "start_server", counting("start", Pipeline.start_server))
+    # The public paths: the context methods the start and the status would use instead.
     for name in ("code", "is_active", "invocation_metadata"):
         monkeypatch.setattr(grpc._server._Context, name,
                             counting(name, getattr(grpc._server._Context, name)))
@@ -81,7 +79,7 @@ def test_without_grpc_internals_the_public_methods_give_the_same_record(
     pipe = scope._server_pipe
     info = scope._server_table.lookup("/t.v1.T/M", "unary")
     assert info is not None
-    record = pipe.start_sync_server(info, _PublicOnlyContext())
+    record = pipe.start_server(info, _PublicOnlyContext())
     assert (record.peer, record.deadline, record.metadata) == (
         "ipv4:10.0.0.1:1234", 2.5, (("user-agent", "ua/1"),))
     pipe.finish(record)
