@@ -32,6 +32,30 @@ from rpcscope.exporters._jsonline import CallLineEncoder
 
 _LOG = logging.getLogger("rpcscope")
 
+#: Lines joined per ``write``. Why not the whole batch at once: a batch is hundreds of ~600-byte
+#: lines, and text that large is allocated with mmap and page-faulted in afresh, twice (the
+#: joined str and its UTF-8 bytes), on every batch. Timed warm for 2000 lines to a file,
+#: one join per batch cost 0.9 µs of CPU per line, 128 lines per write 0.3.
+_LINES_PER_WRITE = 128
+
+
+def _write_chunked(write: Callable[[str], Any], lines: Sequence[str]) -> int:
+    """Write ``lines`` newline-terminated, ``_LINES_PER_WRITE`` at a time; how many were
+    written. A failing write raises only if nothing was written yet; after that, the lines
+    written so far count as delivered and the rest as dropped (the caller's accounting)."""
+    written = 0
+    for start in range(0, len(lines), _LINES_PER_WRITE):
+        chunk = lines[start:start + _LINES_PER_WRITE]
+        try:
+            write("\n".join((*chunk, "")))
+        except Exception:
+            if not written:
+                raise
+            _LOG.debug("rpcscope: log sink failed part-way", exc_info=True)
+            break
+        written += len(chunk)
+    return written
+
 
 class LogSink:
     """Where encoded log documents go. Called only from the log worker thread, in batches.
@@ -66,15 +90,18 @@ class StreamSink(LineSink):
 
     def write_lines(self, lines: Sequence[str]) -> int:
         stream = self._stream if self._stream is not None else sys.stdout
-        text = "\n".join((*lines, ""))  # one allocation, trailing newline included
-        try:
-            stream.write(text)
-        except UnicodeEncodeError:
-            # A lone surrogate (e.g. a filename decoded with surrogateescape) cannot be encoded
-            # by a strict UTF-8 stdout; escape it rather than lose the whole batch.
-            stream.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+        def write(text: str) -> None:
+            try:
+                stream.write(text)
+            except UnicodeEncodeError:
+                # A lone surrogate (e.g. a filename decoded with surrogateescape) cannot be
+                # encoded by a strict UTF-8 stdout; escape it rather than lose the lines.
+                stream.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+        written = _write_chunked(write, lines)
         stream.flush()
-        return len(lines)
+        return written
 
 
 class FileSink(LineSink):
@@ -92,9 +119,9 @@ class FileSink(LineSink):
             self._file = open(self.path, "a", encoding="utf-8",  # noqa: SIM115 - long-lived
                               errors="backslashreplace")
             self._pid = os.getpid()
-        self._file.write("\n".join((*lines, "")))  # one allocation, trailing newline included
+        written = _write_chunked(self._file.write, lines)
         self._file.flush()
-        return len(lines)
+        return written
 
     def close(self) -> None:
         if self._file is not None:

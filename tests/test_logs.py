@@ -308,3 +308,55 @@ def test_close_flushes_pending_records(registry: Any, tmp_path: Path,
     assert len(path.read_text().splitlines()) == 20
     assert os.path.getsize(path) > 0
     assert _svc.SERVICE in path.read_text()
+
+
+class _FailingStream(io.StringIO):
+    """A stream whose write fails from the ``fail_at``-th call on (a pipe whose reader died)."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def write(self, text: str) -> int:
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise BrokenPipeError("reader went away")
+        return super().write(text)
+
+
+def test_a_large_batch_is_written_whole_and_in_order(tmp_path: Path,
+                                                     app_logger: logging.Logger) -> None:
+    """Sinks write big batches in several writes (see _LINES_PER_WRITE); no line may be lost,
+    split or reordered at the seams, to a file or a stream."""
+    path, stream = tmp_path / "a.jsonl", io.StringIO()
+    for sink in (str(path), rpcscope.StreamSink(stream)):
+        with rpcscope.Scope(service="s", access_log=sink) as scope:
+            handler = scope.logging_handler()
+            app_logger.addHandler(handler)
+            for i in range(1000):  # queued before the writer runs: one batch of 1000
+                app_logger.info("line %d", i)
+            scope.flush()
+            app_logger.removeHandler(handler)
+            assert scope.stats()["logs"] == {"emitted": 1000, "delivered": 1000, "lost": 0}
+    for text in (path.read_text(), stream.getvalue()):
+        assert text.endswith("\n")
+        assert [json.loads(line)["message"] for line in text.splitlines()] == [
+            f"line {i}" for i in range(1000)]
+
+
+def test_a_sink_failing_part_way_counts_what_it_wrote(app_logger: logging.Logger) -> None:
+    """A stream that breaks after the first write: the lines written count as delivered, the
+    rest as lost, and the accounting still adds up."""
+    stream = _FailingStream(fail_at=2)
+    with rpcscope.Scope(service="s", access_log=rpcscope.StreamSink(stream)) as scope:
+        app_logger.addHandler(scope.logging_handler())
+        for i in range(300):
+            app_logger.info("line %d", i)
+        scope.flush()
+        logs = scope.stats()["logs"]
+    written = stream.getvalue().splitlines()
+    assert 0 < len(written) < 300
+    assert logs == {"emitted": 300, "delivered": len(written), "lost": 300 - len(written)}
+    assert [json.loads(line)["message"] for line in written] == [
+        f"line {i}" for i in range(len(written))]
