@@ -128,15 +128,16 @@ class CallLineEncoder:
         else:
             trace_id, span_id, parent_id, _ = resolve_ids(trace)
             trace_part = (
-                ',"trace.id":"%s","span.id":"%s","parent.id":"%s"' % (trace_id, span_id, parent_id)
-                if parent_id else ',"trace.id":"%s","span.id":"%s"' % (trace_id, span_id)
+                f',"trace.id":"{trace_id}","span.id":"{span_id}","parent.id":"{parent_id}"'
+                if parent_id else f',"trace.id":"{trace_id}","span.id":"{span_id}"'
             )
         metadata = record.metadata
         metadata_part = "" if not metadata else (
             self._metadatas.get(metadata) or self._metadata(metadata))
+        # Zero padding as str(10**k + n)[1:]: a format spec (:06d) costs more per value.
         return (
-            f"{self._second_text}{nanos // 1000:06d}{p1}{us // 1000}.{us % 1000:03d}{p2}"
-            f"{duration}{p3}{record.msgs_in}{p4}{record.msgs_out}"
+            f"{self._second_text}{str(1_000_000 + nanos // 1000)[1:]}{p1}{us // 1000}."
+            f"{str(1000 + us % 1000)[1:]}{p2}{duration}{p3}{record.msgs_in}{p4}{record.msgs_out}"
             f"{peer_part}{deadline_part}{trace_part}{metadata_part}}}"
         )
 
