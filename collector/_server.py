@@ -58,15 +58,16 @@ class _Finish(Protocol):
                  unary_out: bool = False) -> None: ...
 
 
-def _sync_finisher(pipe: Pipeline) -> _Finish:
-    """A sync server's finish: the final status onto the record, then the pipeline. Never raises.
+def _finisher(pipe: Pipeline, aio: bool) -> _Finish:
+    """A server's finish: the final status onto the record, then the pipeline. Never raises.
 
-    One function with the status read inline (no helper calls: see Pipeline.start_server on why).
-    grpc's per-call state is read directly when the context has it: ``is_active()`` takes
-    the call's lock (about 1 µs per call, timed inside a running bench server); while the
-    handler runs it is ``state.client != "cancelled"``, and py-grpc-prometheus reads
-    ``context._state`` the same way. Contexts without that state (another grpcio, the proxy
-    of :class:`_SyncOnAio`) are asked through the public methods.
+    One function with the status read inline (no helper calls: see Pipeline.start_server on
+    why). On a sync server grpc's per-call state is read directly when the context has it:
+    ``is_active()`` takes the call's lock (about 1 µs per call, timed inside a running bench
+    server); while the handler runs it is ``state.client != "cancelled"``, and
+    py-grpc-prometheus reads ``context._state`` the same way. Contexts without that state
+    (another grpcio, the proxy of :class:`_SyncOnAio`) are asked through the public methods.
+    The "Unknown" details are the ones grpc itself sends in each mode.
     """
     errors, close = pipe.errors, pipe.finish
 
@@ -75,44 +76,18 @@ def _sync_finisher(pipe: Pipeline) -> _Finish:
         try:
             if error is not None and not isinstance(error, GeneratorExit):
                 record.error = error
-            state = getattr(context, "_state", None)
-            if state is not None:
-                code, cancelled = state.code, state.client == _CANCELLED
-            else:
-                code = context.code()
-                cancelled = (code is None or code is _OK) and not context.is_active()
+            state = None if aio else getattr(context, "_state", None)
+            code = context.code() if state is None else state.code
             if code is not None and code is not _OK:
                 _explicit_status(record, context, code)
-            elif cancelled:
-                record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
-            elif error is not None:
-                record.code, record.details = "Unknown", f"Exception calling application: {error}"
-            elif unary_out:
-                record.msgs_out = 1
-        except Exception:
-            errors.record("status")
-        close(record)
-
-    return finish
-
-
-def _aio_finisher(pipe: Pipeline) -> _Finish:
-    """A grpc.aio server's finish (as :func:`_sync_finisher`, from the aio context's status)."""
-    errors, close = pipe.errors, pipe.finish
-
-    def finish(record: CallRecord, context: Any, error: BaseException | None,
-               unary_out: bool = False) -> None:
-        try:
-            if error is not None and not isinstance(error, GeneratorExit):
-                record.error = error
-            code = context.code()
-            if code is not None and code is not _OK:
-                _explicit_status(record, context, code)
-            elif isinstance(error, asyncio.CancelledError) or context.cancelled():
+            elif (state.client == _CANCELLED if state is not None
+                  else (isinstance(error, asyncio.CancelledError) or context.cancelled()) if aio
+                  else not context.is_active()):
                 record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
             elif error is not None:
                 record.code = "Unknown"
-                record.details = f"Unexpected error in RPC handler: {error!r}"
+                record.details = (f"Unexpected error in RPC handler: {error!r}" if aio
+                                  else f"Exception calling application: {error}")
             elif unary_out:
                 record.msgs_out = 1
         except Exception:
@@ -214,7 +189,7 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._finish: _Finish = _sync_finisher(pipe)
+        self._finish: _Finish = _finisher(pipe, aio=False)
         self._unimplemented: Any = None
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -333,7 +308,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._finish = _aio_finisher(pipe)
+        self._finish = _finisher(pipe, aio=True)
         self._sync = _SyncOnAio(pipe, table)
         self._unimplemented: Any = None
 

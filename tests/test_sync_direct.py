@@ -1,5 +1,5 @@
 """The sync server reads grpc's per-call event and state directly (Pipeline.start_server,
-_server._sync_finisher): cheaper than the context's methods, but private to grpcio. These tests fail
+_server._finisher): cheaper than the context's methods, but private to grpcio. These tests fail
 if the installed grpcio stops offering them (the code would then quietly fall back to the public
 methods) and pin that the access log says what the context itself says."""
 
