@@ -8,7 +8,7 @@ DEMO_ARGS ?= --duration 20
 BENCH_ARGS ?=
 
 
-.PHONY: demo test lint typecheck unit bench os-deps venv generate check-generated clean
+.PHONY: demo test lint typecheck unit bench bench-instructions os-deps venv generate check-generated clean
 
 # The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool, and
 # Ruby (the Fluentd config's record_transformer expressions are evaluated on sample records).
@@ -60,6 +60,14 @@ test: os-deps venv lint check-generated unit
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Instruction counts under valgrind's callgrind (deterministic; see bench/instructions.py).
+bench-instructions: venv
+	@if ! command -v callgrind_control >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q valgrind; \
+	fi
+	$(PY) bench/instructions.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

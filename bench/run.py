@@ -134,6 +134,8 @@ class ServerProc:
         name: str,
         profile: str | None = None,
         switch: bool = True,
+        wrapper: list[str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.configs, self.mode = configs, mode
         self.active: str | None = None
@@ -142,6 +144,7 @@ class ServerProc:
         os.makedirs(log_dir, exist_ok=True)
         self.stderr_path = os.path.join(workdir, f"{name}.stderr")
         cmd = [
+            *(wrapper or []),
             sys.executable,
             str(SERVER),
             "--config",
@@ -155,6 +158,7 @@ class ServerProc:
             cmd.append("--switch")
         if profile:
             cmd += ["--profile", profile]
+        cmd += extra_args or []
         self._stderr: TextIO = open(self.stderr_path, "w")  # noqa: SIM115 - lives with the child
         self.proc = subprocess.Popen(
             cmd,

@@ -262,6 +262,24 @@ class NoopAioInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
+#: ``--batch-interval``: how often rpcscope's background thread wakes (None: its default).
+BATCH_INTERVAL_S: float | None = None
+
+
+def _set_batch_interval(scope: Any, seconds: float) -> None:
+    """Wake rpcscope's log writer / metrics folder every ``seconds`` (private attributes).
+
+    Only ``bench/instructions.py`` sets it: under valgrind a call is ~50x slower, so the
+    default 0.2 s wake-up would see ~10 calls per batch instead of the ~300 of a real run, and
+    the per-batch fixed cost would be charged ~30x too heavily per call. With a long interval
+    every batch is the phase's flush, as large as the phase.
+    """
+    if scope._log_pipe is not None:
+        scope._log_pipe._interval = seconds
+    if scope._metrics is not None and scope._metrics.deferred is not None:
+        scope._metrics.deferred._interval = seconds
+
+
 def build(config: str, mode: str, log_dir: str) -> Instrumentation:
     """Create the instrumentation for ``config``; imports stay local so bare pays for none."""
     if config == "bare":
@@ -284,6 +302,8 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
             "rpcscope-full": {"access_log": log_path, "trace": True},
         }[config]
         scope = rpcscope.Scope(service="bench", **options)
+        if BATCH_INTERVAL_S is not None:
+            _set_batch_interval(scope, BATCH_INTERVAL_S)
         interceptors = (
             scope.server_interceptors() if mode == "sync" else scope.aio_server_interceptors()
         )
@@ -616,7 +636,11 @@ def main(argv: list[str] | None = None) -> int:
         help="install the switch interceptor even for a single config (implied by several)",
     )
     parser.add_argument("--profile", metavar="FILE", help="write merged cProfile stats here")
+    parser.add_argument("--batch-interval", type=float, metavar="S",
+                        help="rpcscope's background batch interval (bench/instructions.py)")
     args = parser.parse_args(argv)
+    global BATCH_INTERVAL_S  # noqa: PLW0603 - read by build(), set once before it runs
+    BATCH_INTERVAL_S = args.batch_interval
     configs = parse_configs(args.config)
     switched = args.switch or len(configs) > 1
 
