@@ -15,9 +15,13 @@ interceptor, as in ``run.py``) runs under ``valgrind --tool=callgrind --cache-si
 warming every config up, for each config: ``callgrind_control --zero``, ``--calls`` calls,
 the ``sample`` command (which flushes the config's telemetry, so its queued work is counted),
 ``callgrind_control --dump``. Counts are summed over all threads (gRPC core, pool, log
-writer). rpcscope's background batches are set to wake only on that flush
-(``--batch-interval``): at valgrind's speed its default wake-up would see ~10 calls per batch
-instead of ~300, and overcharge the per-batch cost ~30x.
+writer). rpcscope's background thread wakes every 6 s here (``--batch-interval``) instead of
+0.2: valgrind runs the server ~30x slower, and 6 s gives batches of about the size a real run
+has (~300 calls). At 0.2 s a batch would hold ~10 calls and its fixed cost be overcharged per
+call; with no wake-up at all, a whole phase's records would wait in memory and the garbage
+collector be overcharged instead (metrics alone: +18.8k instructions per call at 6 s, +24.0k
+with one batch per phase). Thread scheduling still varies between runs: bare and
+py-grpc-prometheus moved by about 5% between two runs on the same code, the ratios by 0.01.
 
     make bench-instructions          # needs Debian's valgrind (the target installs it)
     .venv/bin/python bench/instructions.py [--calls 1000] [--modes sync,aio] [--out FILE]
@@ -65,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300, help="calls per config before")
     parser.add_argument("--modes", default="sync,aio")
     parser.add_argument("--concurrency", type=int, default=16, help="aio calls in flight")
+    parser.add_argument("--batch-interval", type=float, default=6.0,
+                        help="rpcscope's background batch interval under valgrind (seconds)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -86,7 +92,7 @@ def count_mode(mode: str, args: argparse.Namespace, workdir: str) -> list[Count]
     wrapper = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--separate-threads=no",
                f"--callgrind-out-file={out_prefix}.%p"]
     server = ServerProc(list(CONFIGS), mode, workdir, f"server-{mode}", wrapper=wrapper,
-                        extra_args=["--batch-interval", "3600"])
+                        extra_args=["--batch-interval", str(args.batch_interval)])
     clients = Clients(args.concurrency)
     counts: list[Count] = []
     try:
