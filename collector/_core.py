@@ -388,12 +388,15 @@ class Pipeline:
         try:
             event = None if metadata is not None else getattr(context, "_rpc_event", None)
             if event is not None:
-                metadata = event.invocation_metadata
-                # Peer and deadline only feed the access log: skip them without one.
-                if self.sink is not None:
-                    record.peer = event.call.peer().decode("utf-8", "replace")
-                    record.call_details = event.call_details
-            else:
+                try:
+                    metadata = event.invocation_metadata
+                    # Peer and deadline only feed the access log: skip them without one.
+                    if self.sink is not None:
+                        record.peer = event.call.peer().decode("utf-8", "replace")
+                        record.call_details = event.call_details
+                except AttributeError:
+                    event = None  # an event of another shape (another grpcio): ask the context
+            if event is None:
                 if metadata is None:
                     metadata = context.invocation_metadata()
                 if self.sink is not None:

@@ -73,13 +73,21 @@ class _PublicOnlyContext:
         return 2.5
 
 
+class _OtherEventContext(_PublicOnlyContext):
+    """A grpcio whose per-call event has another shape than the one read directly."""
+
+    _rpc_event = object()
+
+
+@pytest.mark.parametrize("context", [_PublicOnlyContext(), _OtherEventContext()],
+                         ids=["no-event", "other-event"])
 def test_without_grpc_internals_the_public_methods_give_the_same_record(
-        make_scope: Callable[..., rpcscope.Scope], sink: CaptureSink) -> None:
+        make_scope: Callable[..., rpcscope.Scope], sink: CaptureSink, context: Any) -> None:
     scope = make_scope()
     pipe = scope._server_pipe
     info = scope._server_table.lookup("/t.v1.T/M", "unary")
     assert info is not None
-    record = pipe.start_server(info, _PublicOnlyContext())
+    record = pipe.start_server(info, context)
     assert (record.peer, record.deadline, record.metadata) == (
         "ipv4:10.0.0.1:1234", 2.5, (("user-agent", "ua/1"),))
     pipe.finish(record)
@@ -88,3 +96,4 @@ def test_without_grpc_internals_the_public_methods_give_the_same_record(
     assert doc["client.address"] == "ipv4:10.0.0.1:1234"
     assert doc["grpc.request.deadline_seconds"] == 2.5
     assert doc["grpc.request.metadata"] == {"user-agent": "ua/1"}
+    assert scope.stats()["instrumentation_errors"] == 0
