@@ -361,12 +361,12 @@ class Pipeline:
                      own_task: bool = False) -> CallRecord:
         """Open a server call's record: count ``started``, start its trace. Never raises.
 
-        One function with no helper calls on the common path (the finish side is the same:
-        ``_server``'s finishers and :meth:`finish`). Code that runs once per RPC runs with
-        cold caches, where each Python call adds its own frame setup and code to fetch.
-        Counted with callgrind inside a running bench server (one-off), folding the former
-        helpers in cut the request path's extra instructions per sync call from 15.6k to
-        13.8k.
+        One function where there were three (``start_sync_server``, this, ``_opened``); the
+        finish side likewise (``_server``'s finisher and :meth:`finish`). Code that runs once
+        per RPC runs with cold caches, where each Python call adds its own frame setup and
+        code to fetch. Counted with callgrind inside a running bench server (one-off, with
+        ``_started`` folded in as well), this cut the request path's extra instructions per
+        sync call from 15.6k to 13.8k.
 
         ``metadata``: the call's invocation metadata when the caller already has it (aio);
         otherwise it is read from the context. ``own_task``: the call runs in an asyncio task
@@ -406,17 +406,8 @@ class Pipeline:
         except Exception:
             self.errors.record("context")
             metadata = None
-        mm = info.metrics
-        if mm is not None:
-            # Guarded on its own: a broken counter must not cost the call its trace ids.
-            try:
-                deferred = self._deferred
-                if deferred is not None:
-                    deferred.pending.append(mm)  # "started", counted in the next batch
-                else:
-                    mm.started.inc()  # type: ignore[union-attr]
-            except Exception:
-                self.errors.record("start:metrics")
+        if info.metrics is not None:
+            self._started(info.metrics)
         tracing = self.tracing
         if tracing is not None:
             try:
@@ -451,7 +442,7 @@ class Pipeline:
         return record
 
     def _started(self, mm: MethodMetrics | MethodAggregate) -> None:
-        # As in start_server (inline there): a broken counter must not cost the trace ids.
+        # Guarded on its own: a broken counter must not cost the call its trace ids.
         try:
             if self._deferred is not None:
                 self._deferred.pending.append(mm)  # "started", counted in the next batch
@@ -531,14 +522,13 @@ class MetadataPicker:
         return tuple(picked) if picked else None
 
 
-def resolve_deadline(record: CallRecord, on_error: Callable[[str], None] | None = None) -> None:
+def resolve_deadline(record: CallRecord, on_error: Callable[[str], None]) -> None:
     """Turn a sync call's kept ``CallDetails`` into its remaining time at the start (seconds).
 
     grpc's ``CallDetails.deadline`` is absolute wall-clock time, fixed when the call arrived,
     and the object holds no reference to the call itself; ``time_remaining()`` at the start
     was exactly ``deadline - start`` (floored at 0, as grpc does). If it cannot be read, the
-    record loses only its deadline and ``on_error("log:deadline")`` counts it (without
-    ``on_error`` the error is raised).
+    record loses only its deadline and ``on_error("log:deadline")`` counts it.
     """
     details = record.call_details
     record.call_details = None
@@ -546,8 +536,6 @@ def resolve_deadline(record: CallRecord, on_error: Callable[[str], None] | None 
         start = (record.end_wall_ns - record.duration_ns) / 1e9
         record.deadline = max(details.deadline - start, 0.0)
     except Exception:
-        if on_error is None:
-            raise
         on_error("log:deadline")
 
 

@@ -477,6 +477,10 @@ class _StatusRecordingContext:
     """Context proxy remembering the status a sync handler sets (see :class:`_SyncOnAio`)."""
 
     __slots__ = ("_code", "_context", "_details")
+    # No grpc per-call internals behind this proxy: say so here, so the start and the finisher
+    # take the public methods without a miss through __getattr__ (an AttributeError per call).
+    _rpc_event = None
+    _state = None
 
     def __init__(self, context: Any) -> None:
         self._context = context

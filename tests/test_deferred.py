@@ -115,8 +115,8 @@ def test_lazily_formatted_ids_agree_for_every_reader(
 
 
 def test_resolving_ids_is_deterministic() -> None:
-    """No state is kept, so any thread may resolve the same ids any number of times; distinct
-    call numbers give distinct, valid ids."""
+    """Resolving is deterministic, so any thread may resolve the same ids any number of
+    times; distinct call numbers give distinct, valid ids."""
     from rpcscope.collector._core import parse_traceparent, resolve_ids
 
     results = {resolve_ids(("not-a-traceparent", 7)) for _ in range(3)}
