@@ -1,11 +1,11 @@
-"""Instructions per call under callgrind: a noise-free companion to ``bench/run.py``.
+"""Instructions per call under callgrind: a low-noise companion to ``bench/run.py``.
 
 Why: ``bench/run.py`` measures what the issue's target is about (server CPU time per call), but
 on this shared 2-CPU machine a config's extra CPU differs by 10-30 µs between server processes
 and between runs, so two runs on the same code put rpcscope-full at 0.39 and 0.78 of
 py-grpc-prometheus's extra. That cannot tell whether a change saved 2 µs. Valgrind's callgrind
-counts the instructions the server executes, and simulates its caches, deterministically: the
-same code gives the same counts to within a fraction of a percent. Instructions are not time
+counts the instructions the server executes, and simulates its caches; only thread scheduling
+varies between runs, so counts repeat to a few percent (below). Instructions are not time
 (a cache miss costs more than an instruction; callgrind's cache model is one simplified
 core), so this answers "did the change make rpcscope do less work, and how much less than
 py-grpc-prometheus", not the target itself.
@@ -20,8 +20,9 @@ writer). rpcscope's background thread wakes every 6 s here (``--batch-interval``
 has (~300 calls). At 0.2 s a batch would hold ~10 calls and its fixed cost be overcharged per
 call; with no wake-up at all, a whole phase's records would wait in memory and the garbage
 collector be overcharged instead (metrics alone: +18.8k instructions per call at 6 s, +24.0k
-with one batch per phase). Thread scheduling still varies between runs: bare and
-py-grpc-prometheus moved by about 5% between two runs on the same code, the ratios by 0.01.
+with one batch per phase). Two sync runs on the same code and settings gave bare 360.9k and
+359.8k instructions per call, py-grpc-prometheus +95.2k and +97.6k, and rpcscope-full 0.77
+and 0.74 of py-grpc-prometheus: differences of a few percent, not tens.
 
     make bench-instructions          # needs Debian's valgrind (the target installs it)
     .venv/bin/python bench/instructions.py [--calls 1000] [--modes sync,aio] [--out FILE]
@@ -146,8 +147,9 @@ def render(counts: list[Count], args: argparse.Namespace, argv: list[str]) -> st
         f"switch server process per mode; sync = 1 call in flight, aio = {args.concurrency}.",
         "",
         "What this is and is not: see the docstring of `bench/instructions.py`. In short, "
-        "instruction and simulated cache-miss counts are deterministic, so they show whether a "
-        "change made a config do less work; they are not CPU time, which is what the issue's "
+        "instruction and simulated cache-miss counts repeat to a few percent between runs, so "
+        "they show whether a change made a config do less work; they are not CPU time, which "
+        "is what the issue's "
         "target (and `docs/benchmarks.md`) measures. Columns: server instructions per call "
         "(all threads), and extra per call over bare: instructions, simulated L1 instruction "
         "misses, simulated L1 data misses (read + write). The last column is the config's extra "
