@@ -505,13 +505,14 @@ class MetadataPicker:
     encoder can cache its JSON), and picking it again returns it unchanged.
     """
 
-    __slots__ = ("_allow",)
+    __slots__ = ("allow",)
 
     def __init__(self, allowlist: Iterable[str]) -> None:
-        self._allow = {k.lower(): _must_redact(k.lower()) for k in allowlist}
+        #: key -> whether its value is redacted (read by rpcscope._speedups too).
+        self.allow = {k.lower(): _must_redact(k.lower()) for k in allowlist}
 
     def __call__(self, metadata: Any) -> tuple[tuple[str, str], ...] | None:
-        allow = self._allow
+        allow = self.allow
         picked: list[tuple[str, str]] = []
         for key, value in metadata:
             redact = allow.get(key)

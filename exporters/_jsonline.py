@@ -8,6 +8,13 @@ f-string (a ``%``-template would rescan ~600 characters of static text per line:
 cost). Anything unusual
 (a failed call with error fields) takes the general path (``call_document`` + ``encode_json``),
 and a test asserts both paths decode to the same document.
+
+Even so, this Python encoder was about half of all of rpcscope's extra instructions per call
+(``bench/instructions.py``: ~38k per record, of which the trace part ~14k), so when a C compiler
+was there at install time the same work runs in C (``rpcscope._speedups``, ~8k per record):
+the deadline, the metadata pick and this line for the common case. The Python code here stays
+the reference: the C side hands every unusual case back to it, and tests/test_speedups.py
+checks both write identical lines on generated records.
 """
 
 from __future__ import annotations
@@ -15,15 +22,19 @@ from __future__ import annotations
 import json
 import os
 import weakref
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Final
 
 from rpcscope import schema
+from rpcscope.collector import _core
 from rpcscope.collector._core import (
     HOSTNAME,
     CallRecord,
+    MetadataPicker,
     MethodInfo,
     deadline_seconds,
+    resolve_deadline,
     resolve_ids,
 )
 from rpcscope.exporters._ecs import NUMERIC_CODE, Identity, call_document, encode_json
@@ -32,20 +43,73 @@ _esc: Final = json.encoder.encode_basestring  # C-accelerated string escaping (n
 _NO_PEERS: Final[dict[str, str]] = {}
 
 
-class CallLineEncoder:
-    """Encodes call records to the same JSON ``call_document`` + ``encode_json`` would produce."""
+def _load_speedups() -> Any:
+    """rpcscope._speedups (the C encoder), or None: not built (no compiler at install time)
+    or turned off with RPCSCOPE_PURE_PYTHON=1 (to compare, or to rule it out)."""
+    if os.environ.get("RPCSCOPE_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from rpcscope import _speedups
+    except ImportError:
+        return None
+    return _speedups
 
-    def __init__(self, identity: Identity) -> None:
+
+_SPEEDUPS: Final = _load_speedups()
+
+
+class CallLineEncoder:
+    """Encodes call records to the same JSON ``call_document`` + ``encode_json`` would produce.
+
+    :attr:`encode` is the C encoder of ``rpcscope._speedups`` when it was built, else
+    :meth:`encode_python`. The C one handles the common line itself and hands everything else
+    back to :meth:`encode_python` and to the cache-filling methods below, so both write the
+    same bytes (tests/test_speedups.py compares them on generated records).
+    """
+
+    def __init__(self, identity: Identity, pick: MetadataPicker | None = None,
+                 on_error: Callable[[str], None] | None = None, speedups: bool = True) -> None:
         self._identity = identity
+        self._pick = pick if pick is not None else MetadataPicker(())
+        self._on_error = on_error if on_error is not None else _ignore
         # process.pid is part of the cached text: a forked child starts over (os.getpid() per
         # line would be a system call per line).
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget(ref))
+        # The C encoder reads these dicts; they are cleared, never replaced.
         self._static: dict[int, tuple[MethodInfo, tuple[str, str, str, str]]] = {}
         self._peers: dict[str, dict[str, str]] = {}  # component -> peer -> fragment
         self._metadatas: dict[tuple[tuple[str, str], ...], str] = {}
         self._second = -1
         self._second_text = ""
+        self.encode: Callable[[CallRecord], str] = self.encode_python
+        self.line: Callable[[CallRecord], str] = self.line_python
+        if speedups and _SPEEDUPS is not None:
+            fast = _SPEEDUPS.LineEncoder(
+                self, CallRecord, self._static, self._peers, self._metadatas, _core._SPAN_IDS,
+                _core._TRACE_IDS, _core.parse_traceparent, _core._traceparent_of, self._pick,
+                self._pick.allow, self._on_error,
+            )
+            self.encode, self.line = fast.encode, fast.line
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether :attr:`encode` and :attr:`line` are the C encoder's."""
+        return self.encode != self.encode_python
+
+    def line_python(self, record: CallRecord) -> str:
+        """A call record as the writer hands it over (raw metadata, kept CallDetails), picked,
+        resolved and encoded. Mutates the record: afterwards it holds what was logged."""
+        if record.call_details is not None:
+            resolve_deadline(record, self._on_error)
+        if record.metadata is not None:
+            record.metadata = self._pick(record.metadata)
+        return self.encode_python(record)
+
+    def _timestamp_prefix(self, second: int) -> str:
+        """The line's start up to the second: ``{"@timestamp":"2026-11-26T14:00:00.``."""
+        return '{"@timestamp":"' + datetime.fromtimestamp(
+            second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
 
     def _template(self, info: MethodInfo) -> tuple[str, str, str, str]:
         """The static pieces of a successful call's line for this method, in order: before the
@@ -91,7 +155,7 @@ class CallLineEncoder:
         peers[peer] = fragment
         return fragment
 
-    def encode(self, record: CallRecord) -> str:
+    def encode_python(self, record: CallRecord) -> str:
         # Every line costs this once, with cold caches, so it is written flat: no helper
         # calls on the common path (cached template, peer and metadata fragments), one
         # f-string at the end (a ``%``-template would rescan the static text per line).
@@ -105,8 +169,7 @@ class CallLineEncoder:
         second, nanos = divmod(record.end_wall_ns, 1_000_000_000)
         if second != self._second:
             self._second = second
-            self._second_text = '{"@timestamp":"' + datetime.fromtimestamp(
-                second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+            self._second_text = self._timestamp_prefix(second)
         duration = record.duration_ns
         us = (duration + 500) // 1000  # ms with 3 decimals by integer maths: float :.3f is slower
         peer = record.peer
@@ -158,7 +221,11 @@ def _inner(fields: dict[str, Any]) -> str:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)[1:-1]
 
 
+def _ignore(where: str) -> None:
+    """Default ``on_error``: a lost field is not worth more than the field."""
+
+
 def _forget(ref: weakref.ref[CallLineEncoder]) -> None:
     encoder = ref()
     if encoder is not None:
-        encoder._static = {}
+        encoder._static.clear()

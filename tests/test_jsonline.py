@@ -54,10 +54,12 @@ def _record(component: str = "server", **fields: object) -> CallRecord:
     ],
 )
 @pytest.mark.parametrize("component", ["server", "client"])
-def test_fast_line_equals_general_document(fields: dict[str, object], component: str) -> None:
+@pytest.mark.parametrize("speedups", [True, False], ids=["c-if-built", "python"])
+def test_fast_line_equals_general_document(fields: dict[str, object], component: str,
+                                           speedups: bool) -> None:
     identity = Identity("svc %s", "1.0", None)
     record = _record(component, **fields)
-    encoder = CallLineEncoder(identity)
+    encoder = CallLineEncoder(identity, speedups=speedups)
     # Twice: the second call takes the cached template, peer and metadata fragments.
     for _ in range(2):
         assert json.loads(encoder.encode(record)) == call_document(record, identity)

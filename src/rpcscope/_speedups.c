@@ -1,0 +1,923 @@
+/*
+ * rpcscope._speedups: the access log's common line (a successful call), encoded in C.
+ *
+ * Why by hand, in C: the log writer runs in the observed service's process, so its CPU is the
+ * service's CPU. The pure-Python encoder (exporters/_jsonline.py, CallLineEncoder.encode_python)
+ * is already a handful of cached fragments spliced by one f-string, and it still cost about
+ * half of all of rpcscope's extra instructions per call (bench/instructions.py). No JSON
+ * library helps: the cost is not escaping (the fragments are pre-escaped and cached) but the
+ * interpreter's work per field. Same pattern as msgpack's and PyYAML's optional C speedups:
+ *
+ *   - The Python encoder stays the reference. This module handles exactly the common case and
+ *     hands anything else (a failed call, an unusual type, a negative or huge number, a
+ *     traceparent that is not a valid version-00 header, a cache miss) back to Python, which
+ *     also fills the caches this module reads. So output is byte-identical by construction,
+ *     and tests/test_speedups.py checks it on generated records.
+ *   - It is optional: when it cannot be built (no compiler), or RPCSCOPE_PURE_PYTHON=1, the
+ *     Python encoder is used.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+#include <structmember.h>
+
+static PyObject *s_code, *s_info, *s_end_wall_ns, *s_duration_ns, *s_msgs_in, *s_msgs_out,
+    *s_peer, *s_deadline, *s_trace, *s_metadata, *s_component, *s_last, *s_id_of,
+    *s_encode_python, *s_template, *s_peer_fragment, *s_metadata_fragment, *s_timestamp_prefix,
+    *s_call_details, *s_line_python, *s_log_deadline, *s_redacted, *s_zero, *s_1e9;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *py;                /* the Python CallLineEncoder: reference, and cache filler */
+    PyObject *statics;           /* its dict: id(info) -> (info, (p1, p2, p3, p4)) */
+    PyObject *peers;             /* its dict: component -> {peer: fragment} */
+    PyObject *metadatas;         /* its dict: picked metadata -> fragment */
+    PyObject *span_ids;          /* collector._core._IdSource of span ids */
+    PyObject *trace_ids;         /* ... of trace ids */
+    PyObject *parse_traceparent; /* collector._core.parse_traceparent (every other version) */
+    PyObject *traceparent_of;    /* collector._core._traceparent_of (raw metadata) */
+    PyObject *record_type;       /* collector._core.CallRecord */
+    PyObject *allow;             /* MetadataPicker's {key: redact?} */
+    PyObject *pick;              /* the MetadataPicker (any other metadata shape) */
+    PyObject *on_error;          /* on_error("log:deadline"): a record lost its deadline */
+    /* Where CallRecord's slots sit in an instance (its member descriptors' offsets): reading
+     * them directly skips an attribute lookup per field. Used only for exact CallRecords. */
+    Py_ssize_t off_code, off_info, off_end_wall_ns, off_duration_ns, off_msgs_in, off_msgs_out,
+        off_peer, off_deadline, off_trace, off_metadata, off_call_details;
+    long long span_per, span_width, trace_per, trace_width;
+    long long second;
+    PyObject *second_text;
+} LineEncoder;
+
+/* A piece of the line: a str, or ASCII bytes. */
+typedef struct {
+    PyObject *u;
+    const char *a;
+    Py_ssize_t n;
+} Piece;
+
+#define MAX_PIECES 32
+
+/* Decimal digits of v >= 0 into buf; returns the length. */
+static Py_ssize_t
+put_ll(char *buf, long long v)
+{
+    char tmp[24];
+    Py_ssize_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (Py_ssize_t i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* v (0 <= v < 10**width) zero-padded to width digits. */
+static void
+put_padded(char *buf, long long v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        buf[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
+/* An exact, non-negative int that fits: 1 (stored), 0 (not the common case). */
+static int
+exact_nonneg(PyObject *o, long long *out)
+{
+    int overflow = 0;
+    long long v;
+    if (!PyLong_CheckExact(o))
+        return 0;
+    v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || v < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static int
+is_lhex(Py_UCS1 c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+static int
+all_zero(const Py_UCS1 *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] != '0')
+            return 0;
+    return 1;
+}
+
+/*
+ * The id of a call number from an _IdSource: its last digest when the number's block is the
+ * one cached (the common case: the writer resolves in call order), else Python's id_of, which
+ * hashes and replaces the cache. NULL on error.
+ */
+static PyObject *
+id_of(PyObject *source, long long number, long long per, long long width)
+{
+    long long block = number / per, slot = number % per;
+    PyObject *last = PyObject_GetAttr(source, s_last);
+    if (last == NULL)
+        return NULL;
+    if (PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == 2) {
+        PyObject *cached = PyTuple_GET_ITEM(last, 0), *hex = PyTuple_GET_ITEM(last, 1);
+        long long cached_block;
+        if (exact_nonneg(cached, &cached_block) && cached_block == block
+            && PyUnicode_CheckExact(hex) && PyUnicode_KIND(hex) == PyUnicode_1BYTE_KIND
+            && PyUnicode_GET_LENGTH(hex) >= (slot + 1) * width
+            && !all_zero(PyUnicode_1BYTE_DATA(hex) + slot * width, (Py_ssize_t)width)) {
+            PyObject *text = PyUnicode_Substring(hex, (Py_ssize_t)(slot * width),
+                                                 (Py_ssize_t)((slot + 1) * width));
+            Py_DECREF(last);
+            return text;
+        }
+    }
+    Py_DECREF(last);
+    {
+        PyObject *n = PyLong_FromLongLong(number), *text;
+        if (n == NULL)
+            return NULL;
+        text = PyObject_CallMethodOneArg(source, s_id_of, n);
+        Py_DECREF(n);
+        return text;
+    }
+}
+
+static int
+is_plain_pair(PyObject *item)
+{
+    /* A tuple (or a named tuple: grpc's metadata pairs) of two that iterates as a tuple. */
+    return PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2
+           && Py_TYPE(item)->tp_iter == PyTuple_Type.tp_iter;
+}
+
+/*
+ * The first traceparent value in gRPC metadata given as a tuple or list of pairs with str keys
+ * (what grpc hands over): a new reference to it, or to None when absent or not a str. NULL
+ * without an error: any other shape, which collector._core._traceparent_of decides.
+ */
+static PyObject *
+traceparent_in(PyObject *metadata)
+{
+    Py_ssize_t n;
+    PyObject **items;
+    if (!PyTuple_CheckExact(metadata) && !PyList_CheckExact(metadata))
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(metadata);
+    items = PySequence_Fast_ITEMS(metadata);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key, *value;
+        if (!is_plain_pair(items[i]))
+            return NULL;
+        key = PyTuple_GET_ITEM(items[i], 0);
+        if (!PyUnicode_CheckExact(key))
+            return NULL;
+        if (PyUnicode_GET_LENGTH(key) == 11
+            && PyUnicode_CompareWithASCIIString(key, "traceparent") == 0) {
+            value = PyTuple_GET_ITEM(items[i], 1);
+            return Py_NewRef(PyUnicode_CheckExact(value) ? value : Py_None);
+        }
+    }
+    return Py_NewRef(Py_None);
+}
+
+/*
+ * The trace fragment's ids for a record's trace: sets *trace_id, *span_id (new references)
+ * and *parent_id (new reference or NULL). Returns 1 on success, 0 when the case is not ours
+ * (the caller delegates to Python), -1 on error.
+ */
+static int
+resolve(LineEncoder *self, PyObject *trace, PyObject **trace_id, PyObject **span_id,
+        PyObject **parent_id)
+{
+    *trace_id = *span_id = *parent_id = NULL;
+    if (!PyTuple_CheckExact(trace))
+        return 0;
+    if (PyTuple_GET_SIZE(trace) == 4) { /* ids formatted already (an OTel span, a client) */
+        PyObject *t = PyTuple_GET_ITEM(trace, 0), *s = PyTuple_GET_ITEM(trace, 1),
+                 *p = PyTuple_GET_ITEM(trace, 2);
+        if (!PyUnicode_CheckExact(t) || !PyUnicode_CheckExact(s))
+            return 0;
+        if (p != Py_None && !(PyUnicode_CheckExact(p)))
+            return 0;
+        *trace_id = Py_NewRef(t);
+        *span_id = Py_NewRef(s);
+        if (p != Py_None && PyUnicode_GET_LENGTH(p) > 0)
+            *parent_id = Py_NewRef(p);
+        return 1;
+    }
+    if (PyTuple_GET_SIZE(trace) == 2) { /* (incoming header or metadata or None, call number) */
+        PyObject *incoming = PyTuple_GET_ITEM(trace, 0), *header = NULL;
+        long long number;
+        if (!exact_nonneg(PyTuple_GET_ITEM(trace, 1), &number))
+            return 0;
+        *span_id = id_of(self->span_ids, number, self->span_per, self->span_width);
+        if (*span_id == NULL)
+            return -1;
+        if (incoming != Py_None) {
+            if (PyUnicode_CheckExact(incoming)) {
+                header = Py_NewRef(incoming);
+            } else if ((header = traceparent_in(incoming)) != NULL) {
+                /* found (or known absent) without Python */
+            } else if (PyErr_Occurred()) {
+                goto error;
+            } else {
+                header = PyObject_CallOneArg(self->traceparent_of, incoming);
+                if (header == NULL)
+                    goto error;
+            }
+        }
+        if (header != NULL && header != Py_None) {
+            if (PyUnicode_CheckExact(header) && PyUnicode_GET_LENGTH(header) == 55
+                && PyUnicode_KIND(header) == PyUnicode_1BYTE_KIND) {
+                /* Version 00, exactly: the common case, parsed here. */
+                const Py_UCS1 *h = PyUnicode_1BYTE_DATA(header);
+                int ok = h[0] == '0' && h[1] == '0' && h[2] == '-' && h[35] == '-'
+                         && h[52] == '-' && is_lhex(h[53]) && is_lhex(h[54]);
+                for (int i = 3; ok && i < 35; i++)
+                    ok = is_lhex(h[i]);
+                for (int i = 36; ok && i < 52; i++)
+                    ok = is_lhex(h[i]);
+                if (ok) {
+                    if (!all_zero(h + 3, 32) && !all_zero(h + 36, 16)) {
+                        *trace_id = PyUnicode_Substring(header, 3, 35);
+                        *parent_id = PyUnicode_Substring(header, 36, 52);
+                        if (*trace_id == NULL || *parent_id == NULL)
+                            goto error;
+                    }
+                    Py_CLEAR(header);
+                }
+            }
+            if (header != NULL) { /* any other form: Python's parser decides */
+                PyObject *parsed = PyObject_CallOneArg(self->parse_traceparent, header);
+                if (parsed == NULL)
+                    goto error;
+                if (parsed != Py_None) {
+                    if (!PyTuple_CheckExact(parsed) || PyTuple_GET_SIZE(parsed) != 3) {
+                        Py_DECREF(parsed);
+                        PyErr_SetString(PyExc_TypeError, "parse_traceparent: not a triple");
+                        goto error;
+                    }
+                    *trace_id = Py_NewRef(PyTuple_GET_ITEM(parsed, 0));
+                    *parent_id = Py_NewRef(PyTuple_GET_ITEM(parsed, 1));
+                }
+                Py_DECREF(parsed);
+            }
+        }
+        Py_XDECREF(header);
+        header = NULL;
+        if (*trace_id == NULL) {
+            *trace_id = id_of(self->trace_ids, number, self->trace_per, self->trace_width);
+            if (*trace_id == NULL)
+                goto error;
+        }
+        if (!PyUnicode_CheckExact(*trace_id) || (*parent_id != NULL
+                                                 && !PyUnicode_CheckExact(*parent_id))) {
+            Py_CLEAR(*trace_id);
+            Py_CLEAR(*span_id);
+            Py_CLEAR(*parent_id);
+            return 0;
+        }
+        return 1;
+    error:
+        Py_XDECREF(header);
+        Py_CLEAR(*trace_id);
+        Py_CLEAR(*span_id);
+        Py_CLEAR(*parent_id);
+        return -1;
+    }
+    return 0;
+}
+
+/* A cached fragment from dict[key], or the Python encoder's method(key...) on a miss. */
+static PyObject *
+fragment(PyObject *cache, PyObject *key, PyObject *py, PyObject *method, PyObject *arg0)
+{
+    PyObject *hit = cache == NULL ? NULL : PyDict_GetItemWithError(cache, key);
+    if (hit != NULL)
+        return Py_NewRef(hit);
+    if (PyErr_Occurred())
+        return NULL;
+    if (arg0 == NULL)
+        return PyObject_CallMethodOneArg(py, method, key);
+    return PyObject_CallMethodObjArgs(py, method, arg0, key, NULL);
+}
+
+static PyObject *
+LineEncoder_encode(LineEncoder *self, PyObject *record)
+{
+    PyObject *code = NULL, *info = NULL, *pieces = NULL, *component = NULL, *peer = NULL,
+             *peer_part = NULL, *deadline = NULL, *trace = NULL, *trace_id = NULL,
+             *span_id = NULL, *parent_id = NULL, *metadata = NULL, *metadata_part = NULL,
+             *obj = NULL, *result = NULL;
+    char *deadline_text = NULL;
+    long long end_wall_ns, duration, msgs_in, msgs_out, second, micros, us;
+    char scratch[160];
+    char *at = scratch;
+    Piece parts[MAX_PIECES];
+    int np = 0;
+
+    const int exact = Py_TYPE(record) == (PyTypeObject *)self->record_type;
+#define GET(var, name)                                                               \
+    do {                                                                             \
+        if (exact) {                                                                 \
+            var = *(PyObject **)((char *)record + self->off_##name);                 \
+            if (var == NULL) /* an unset slot: Python raises what it raises */       \
+                goto delegate;                                                       \
+            Py_INCREF(var);                                                          \
+        } else if ((var = PyObject_GetAttr(record, s_##name)) == NULL) {             \
+            goto done;                                                               \
+        }                                                                            \
+    } while (0)
+#define GET_LL(var, name)                                 \
+    do {                                                  \
+        GET(obj, name);                                   \
+        if (!exact_nonneg(obj, &var))                     \
+            goto delegate;                                \
+        Py_CLEAR(obj);                                    \
+    } while (0)
+#define STR(o) (parts[np].u = (o), parts[np].a = NULL, parts[np].n = PyUnicode_GET_LENGTH(o), np++)
+#define ASCII(s, len) (parts[np].u = NULL, parts[np].a = (s), parts[np].n = (len), np++)
+#define LIT(s) ASCII(s, (Py_ssize_t)(sizeof(s) - 1))
+
+    GET(code, code);
+    if (!PyUnicode_CheckExact(code) || PyUnicode_CompareWithASCIIString(code, "OK") != 0)
+        goto delegate; /* a failed call: Python's general path */
+    GET(info, info);
+    {
+        PyObject *key = PyLong_FromVoidPtr(info), *cached;
+        if (key == NULL)
+            goto done;
+        cached = PyDict_GetItemWithError(self->statics, key);
+        Py_DECREF(key);
+        if (cached != NULL && PyTuple_CheckExact(cached) && PyTuple_GET_SIZE(cached) == 2
+            && PyTuple_GET_ITEM(cached, 0) == info) {
+            pieces = Py_NewRef(PyTuple_GET_ITEM(cached, 1));
+        } else if (PyErr_Occurred()) {
+            goto done;
+        } else {
+            pieces = PyObject_CallMethodOneArg(self->py, s_template, info);
+            if (pieces == NULL)
+                goto done;
+        }
+        if (!PyTuple_CheckExact(pieces) || PyTuple_GET_SIZE(pieces) != 4)
+            goto delegate;
+        for (int i = 0; i < 4; i++)
+            if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(pieces, i)))
+                goto delegate;
+    }
+    GET_LL(end_wall_ns, end_wall_ns);
+    GET_LL(duration, duration_ns);
+    GET_LL(msgs_in, msgs_in);
+    GET_LL(msgs_out, msgs_out);
+    if (duration > LLONG_MAX - 500)
+        goto delegate;
+
+    second = end_wall_ns / 1000000000LL;
+    micros = (end_wall_ns % 1000000000LL) / 1000;
+    if (second != self->second || self->second_text == NULL) {
+        PyObject *n = PyLong_FromLongLong(second), *text;
+        if (n == NULL)
+            goto done;
+        text = PyObject_CallMethodOneArg(self->py, s_timestamp_prefix, n);
+        Py_DECREF(n);
+        if (text == NULL)
+            goto done;
+        if (!PyUnicode_CheckExact(text)) {
+            Py_DECREF(text);
+            goto delegate;
+        }
+        Py_XSETREF(self->second_text, text);
+        self->second = second;
+    }
+
+    GET(peer, peer);
+    if (peer != Py_None) {
+        if (!PyUnicode_CheckExact(peer))
+            goto delegate;
+        if (PyUnicode_GET_LENGTH(peer) > 0) {
+            PyObject *by_peer;
+            component = PyObject_GetAttr(info, s_component);
+            if (component == NULL)
+                goto done;
+            by_peer = PyDict_GetItemWithError(self->peers, component);
+            if (by_peer == NULL && PyErr_Occurred())
+                goto done;
+            peer_part = fragment(by_peer, peer, self->py, s_peer_fragment, component);
+            if (peer_part == NULL)
+                goto done;
+            if (!PyUnicode_CheckExact(peer_part))
+                goto delegate;
+        }
+    }
+
+    GET(deadline, deadline);
+    if (deadline != Py_None) {
+        double d;
+        if (!PyFloat_CheckExact(deadline))
+            goto delegate;
+        d = PyFloat_AS_DOUBLE(deadline);
+        if (isfinite(d) && !(d > 1e8)) {
+            /* What '%.6f' % d does in Python. */
+            deadline_text = PyOS_double_to_string(d, 'f', 6, 0, NULL);
+            if (deadline_text == NULL)
+                goto done;
+        }
+    }
+
+    GET(trace, trace);
+    if (trace != Py_None) {
+        int r = resolve(self, trace, &trace_id, &span_id, &parent_id);
+        if (r < 0)
+            goto done;
+        if (r == 0)
+            goto delegate;
+    }
+
+    GET(metadata, metadata);
+    if (metadata != Py_None) {
+        if (!PyTuple_CheckExact(metadata))
+            goto delegate;
+        if (PyTuple_GET_SIZE(metadata) > 0) {
+            metadata_part = fragment(self->metadatas, metadata, self->py, s_metadata_fragment,
+                                     NULL);
+            if (metadata_part == NULL)
+                goto done;
+            if (!PyUnicode_CheckExact(metadata_part))
+                goto delegate;
+        }
+    }
+
+    /* The line, in the order of CallLineEncoder.encode_python's f-string. */
+    us = (duration + 500) / 1000;
+    STR(self->second_text);
+    put_padded(at, micros, 6);
+    ASCII(at, 6);
+    at += 6;
+    STR(PyTuple_GET_ITEM(pieces, 0));
+    {
+        Py_ssize_t n = put_ll(at, us / 1000);
+        ASCII(at, n);
+        at += n;
+    }
+    LIT(".");
+    put_padded(at, us % 1000, 3);
+    ASCII(at, 3);
+    at += 3;
+    STR(PyTuple_GET_ITEM(pieces, 1));
+    {
+        Py_ssize_t n = put_ll(at, duration);
+        ASCII(at, n);
+        at += n;
+    }
+    STR(PyTuple_GET_ITEM(pieces, 2));
+    {
+        Py_ssize_t n = put_ll(at, msgs_in);
+        ASCII(at, n);
+        at += n;
+    }
+    STR(PyTuple_GET_ITEM(pieces, 3));
+    {
+        Py_ssize_t n = put_ll(at, msgs_out);
+        ASCII(at, n);
+        at += n;
+    }
+    if (peer_part != NULL)
+        STR(peer_part);
+    if (deadline_text != NULL) {
+        LIT(",\"grpc.request.deadline_seconds\":");
+        ASCII(deadline_text, (Py_ssize_t)strlen(deadline_text));
+    }
+    if (trace_id != NULL) {
+        LIT(",\"trace.id\":\"");
+        STR(trace_id);
+        LIT("\",\"span.id\":\"");
+        STR(span_id);
+        if (parent_id != NULL) {
+            LIT("\",\"parent.id\":\"");
+            STR(parent_id);
+        }
+        LIT("\"");
+    }
+    if (metadata_part != NULL)
+        STR(metadata_part);
+    LIT("}");
+
+    {
+        Py_ssize_t total = 0, pos = 0;
+        Py_UCS4 maxchar = 127;
+        for (int i = 0; i < np; i++) {
+            total += parts[i].n;
+            if (parts[i].u != NULL) {
+                Py_UCS4 m = PyUnicode_MAX_CHAR_VALUE(parts[i].u);
+                if (m > maxchar)
+                    maxchar = m;
+            }
+        }
+        result = PyUnicode_New(total, maxchar);
+        if (result == NULL)
+            goto done;
+        {
+            int kind = PyUnicode_KIND(result);
+            void *data = PyUnicode_DATA(result);
+            for (int i = 0; i < np; i++) {
+                if (parts[i].u != NULL) {
+                    if (kind == PyUnicode_1BYTE_KIND) {
+                        memcpy((Py_UCS1 *)data + pos, PyUnicode_1BYTE_DATA(parts[i].u),
+                               (size_t)parts[i].n);
+                    } else if (PyUnicode_CopyCharacters(result, pos, parts[i].u, 0,
+                                                        parts[i].n) < 0) {
+                        Py_CLEAR(result);
+                        goto done;
+                    }
+                } else if (kind == PyUnicode_1BYTE_KIND) {
+                    memcpy((Py_UCS1 *)data + pos, parts[i].a, (size_t)parts[i].n);
+                } else {
+                    for (Py_ssize_t j = 0; j < parts[i].n; j++)
+                        PyUnicode_WRITE(kind, data, pos + j, (Py_UCS4)(Py_UCS1)parts[i].a[j]);
+                }
+                pos += parts[i].n;
+            }
+        }
+    }
+    goto done;
+
+delegate:
+    PyErr_Clear();
+    result = PyObject_CallMethodOneArg(self->py, s_encode_python, record);
+done:
+    Py_XDECREF(code);
+    Py_XDECREF(info);
+    Py_XDECREF(pieces);
+    Py_XDECREF(component);
+    Py_XDECREF(peer);
+    Py_XDECREF(peer_part);
+    Py_XDECREF(deadline);
+    Py_XDECREF(trace);
+    Py_XDECREF(trace_id);
+    Py_XDECREF(span_id);
+    Py_XDECREF(parent_id);
+    Py_XDECREF(metadata);
+    Py_XDECREF(metadata_part);
+    Py_XDECREF(obj);
+    if (deadline_text != NULL)
+        PyMem_Free(deadline_text);
+    return result;
+#undef GET
+#undef GET_LL
+#undef STR
+#undef ASCII
+#undef LIT
+}
+
+static int
+get_ll_attr(PyObject *o, const char *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (v == NULL)
+        return -1;
+    if (!exact_nonneg(v, out) || *out <= 0) {
+        Py_DECREF(v);
+        PyErr_Format(PyExc_TypeError, "%s must be a positive int", name);
+        return -1;
+    }
+    Py_DECREF(v);
+    return 0;
+}
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* The picked metadata (MetadataPicker.__call__), for a tuple or list of plain pairs; NULL
+ * without an error for any other shape (the picker decides). */
+static PyObject *
+pick(LineEncoder *self, PyObject *metadata)
+{
+    Py_ssize_t n, kept = 0;
+    PyObject **items, *picked;
+    if (!PyTuple_CheckExact(metadata) && !PyList_CheckExact(metadata))
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(metadata);
+    items = PySequence_Fast_ITEMS(metadata);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!is_plain_pair(items[i]))
+            return NULL;
+    picked = PyTuple_New(n);
+    if (picked == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyTuple_GET_ITEM(items[i], 0), *value = PyTuple_GET_ITEM(items[i], 1),
+                 *redact, *pair, *shown;
+        int r;
+        redact = PyDict_GetItemWithError(self->allow, key);
+        if (redact == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            continue;
+        }
+        if ((r = PyObject_IsTrue(redact)) < 0)
+            goto error;
+        if (r)
+            shown = Py_NewRef(s_redacted);
+        else if (PyUnicode_CheckExact(value))
+            shown = Py_NewRef(value);
+        else if ((shown = PyObject_Repr(value)) == NULL)
+            goto error;
+        pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(shown);
+            goto error;
+        }
+        PyTuple_SET_ITEM(pair, 0, Py_NewRef(key));
+        PyTuple_SET_ITEM(pair, 1, shown);
+        PyTuple_SET_ITEM(picked, kept++, pair);
+    }
+    if (kept == 0) {
+        Py_DECREF(picked);
+        return Py_NewRef(Py_None);
+    }
+    if (kept < n && _PyTuple_Resize(&picked, kept) < 0)
+        return NULL;
+    return picked;
+error:
+    Py_DECREF(picked);
+    return NULL;
+}
+
+/*
+ * collector._core.resolve_deadline: CallDetails.deadline (absolute) -> remaining time at the
+ * start, floored at 0; unreadable -> no deadline, and on_error("log:deadline"). 0 or -1.
+ */
+static int
+resolve_deadline(LineEncoder *self, PyObject *record, PyObject *details)
+{
+    PyObject *end = SLOT(record, self->off_end_wall_ns),
+             *duration = SLOT(record, self->off_duration_ns), *absolute = NULL,
+             *start = NULL, *remaining = NULL;
+    int r;
+    Py_CLEAR(SLOT(record, self->off_call_details)); /* the caller holds details */
+    SLOT(record, self->off_call_details) = Py_NewRef(Py_None);
+    if (end == NULL || duration == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "record without end_wall_ns / duration_ns");
+        goto failed;
+    }
+    {
+        PyObject *diff = PyNumber_Subtract(end, duration);
+        if (diff == NULL)
+            goto failed;
+        start = PyNumber_TrueDivide(diff, s_1e9);
+        Py_DECREF(diff);
+    }
+    if (start == NULL || (absolute = PyObject_GetAttr(details, s_deadline)) == NULL
+        || (remaining = PyNumber_Subtract(absolute, start)) == NULL)
+        goto failed;
+    /* max(remaining, 0.0) */
+    if ((r = PyObject_RichCompareBool(s_zero, remaining, Py_GT)) < 0)
+        goto failed;
+    if (r)
+        Py_SETREF(remaining, Py_NewRef(s_zero));
+    Py_SETREF(SLOT(record, self->off_deadline), remaining);
+    Py_DECREF(start);
+    Py_DECREF(absolute);
+    return 0;
+failed:
+    Py_XDECREF(start);
+    Py_XDECREF(absolute);
+    Py_XDECREF(remaining);
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1; /* KeyboardInterrupt and the like are not the record's fault */
+    PyErr_Clear();
+    {
+        PyObject *res = PyObject_CallOneArg(self->on_error, s_log_deadline);
+        if (res == NULL)
+            return -1;
+        Py_DECREF(res);
+    }
+    return 0;
+}
+
+/*
+ * line(record): what the log writer does per call record for a line sink, in one step: the
+ * deadline from the kept CallDetails, the metadata picked, the line encoded (see
+ * CallLineEncoder.line_python, the reference).
+ */
+static PyObject *
+LineEncoder_line(LineEncoder *self, PyObject *record)
+{
+    PyObject *details, *metadata;
+    if (Py_TYPE(record) != (PyTypeObject *)self->record_type)
+        return PyObject_CallMethodOneArg(self->py, s_line_python, record);
+    details = SLOT(record, self->off_call_details);
+    if (details != NULL && details != Py_None) {
+        int r;
+        Py_INCREF(details);
+        r = resolve_deadline(self, record, details);
+        Py_DECREF(details);
+        if (r < 0)
+            return NULL;
+    }
+    metadata = SLOT(record, self->off_metadata);
+    if (metadata != NULL && metadata != Py_None) {
+        PyObject *picked = pick(self, metadata);
+        if (picked == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            picked = PyObject_CallOneArg(self->pick, metadata);
+            if (picked == NULL)
+                return NULL;
+        }
+        Py_SETREF(SLOT(record, self->off_metadata), picked);
+    }
+    return LineEncoder_encode(self, record);
+}
+
+/* The instance offset of a __slots__ member of type, or -1 with an error. */
+static Py_ssize_t
+slot_offset(PyObject *type, PyObject *name)
+{
+    PyObject *descr = PyDict_GetItemWithError(((PyTypeObject *)type)->tp_dict, name);
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)
+        || ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "record type has no __slots__ member %R", name);
+        return -1;
+    }
+    return ((PyMemberDescrObject *)descr)->d_member->offset;
+}
+
+static int
+LineEncoder_init(LineEncoder *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"encoder", "record_type", "statics", "peers", "metadatas",
+                             "span_ids", "trace_ids", "parse_traceparent", "traceparent_of",
+                             "pick", "allow", "on_error", NULL};
+    PyObject *py, *record_type, *statics, *peers, *metadatas, *span_ids, *trace_ids, *parse,
+        *tp_of, *picker, *allow, *on_error;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!OOOOOO!O", kwlist, &py,
+                                     &PyType_Type, &record_type, &PyDict_Type, &statics,
+                                     &PyDict_Type, &peers, &PyDict_Type, &metadatas, &span_ids,
+                                     &trace_ids, &parse, &tp_of, &picker, &PyDict_Type, &allow,
+                                     &on_error))
+        return -1;
+#define OFFSET(name)                                                         \
+    if ((self->off_##name = slot_offset(record_type, s_##name)) < 0)         \
+        return -1;
+    OFFSET(code);
+    OFFSET(info);
+    OFFSET(end_wall_ns);
+    OFFSET(duration_ns);
+    OFFSET(msgs_in);
+    OFFSET(msgs_out);
+    OFFSET(peer);
+    OFFSET(deadline);
+    OFFSET(trace);
+    OFFSET(metadata);
+    OFFSET(call_details);
+#undef OFFSET
+    Py_XSETREF(self->allow, Py_NewRef(allow));
+    Py_XSETREF(self->pick, Py_NewRef(picker));
+    Py_XSETREF(self->on_error, Py_NewRef(on_error));
+    Py_XSETREF(self->record_type, Py_NewRef(record_type));
+    if (get_ll_attr(span_ids, "_per", &self->span_per) < 0
+        || get_ll_attr(span_ids, "_hex_digits", &self->span_width) < 0
+        || get_ll_attr(trace_ids, "_per", &self->trace_per) < 0
+        || get_ll_attr(trace_ids, "_hex_digits", &self->trace_width) < 0)
+        return -1;
+    Py_XSETREF(self->py, Py_NewRef(py));
+    Py_XSETREF(self->statics, Py_NewRef(statics));
+    Py_XSETREF(self->peers, Py_NewRef(peers));
+    Py_XSETREF(self->metadatas, Py_NewRef(metadatas));
+    Py_XSETREF(self->span_ids, Py_NewRef(span_ids));
+    Py_XSETREF(self->trace_ids, Py_NewRef(trace_ids));
+    Py_XSETREF(self->parse_traceparent, Py_NewRef(parse));
+    Py_XSETREF(self->traceparent_of, Py_NewRef(tp_of));
+    self->second = -1;
+    Py_CLEAR(self->second_text);
+    return 0;
+}
+
+static int
+LineEncoder_traverse(LineEncoder *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->py);
+    Py_VISIT(self->record_type);
+    Py_VISIT(self->allow);
+    Py_VISIT(self->pick);
+    Py_VISIT(self->on_error);
+    Py_VISIT(self->statics);
+    Py_VISIT(self->peers);
+    Py_VISIT(self->metadatas);
+    Py_VISIT(self->span_ids);
+    Py_VISIT(self->trace_ids);
+    Py_VISIT(self->parse_traceparent);
+    Py_VISIT(self->traceparent_of);
+    return 0;
+}
+
+static int
+LineEncoder_clear(LineEncoder *self)
+{
+    Py_CLEAR(self->py);
+    Py_CLEAR(self->record_type);
+    Py_CLEAR(self->allow);
+    Py_CLEAR(self->pick);
+    Py_CLEAR(self->on_error);
+    Py_CLEAR(self->statics);
+    Py_CLEAR(self->peers);
+    Py_CLEAR(self->metadatas);
+    Py_CLEAR(self->span_ids);
+    Py_CLEAR(self->trace_ids);
+    Py_CLEAR(self->parse_traceparent);
+    Py_CLEAR(self->traceparent_of);
+    Py_CLEAR(self->second_text);
+    return 0;
+}
+
+static void
+LineEncoder_dealloc(LineEncoder *self)
+{
+    PyObject_GC_UnTrack(self);
+    LineEncoder_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef LineEncoder_methods[] = {
+    {"encode", (PyCFunction)LineEncoder_encode, METH_O,
+     "encode(record) -> str: the record's JSON line (see CallLineEncoder.encode_python)."},
+    {"line", (PyCFunction)LineEncoder_line, METH_O,
+     "line(record) -> str: deadline, metadata pick, then encode (CallLineEncoder.line_python)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LineEncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rpcscope._speedups.LineEncoder",
+    .tp_basicsize = sizeof(LineEncoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The access log's common line in C; see the module docstring.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)LineEncoder_init,
+    .tp_dealloc = (destructor)LineEncoder_dealloc,
+    .tp_traverse = (traverseproc)LineEncoder_traverse,
+    .tp_clear = (inquiry)LineEncoder_clear,
+    .tp_methods = LineEncoder_methods,
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "rpcscope._speedups",
+    .m_doc = "Optional C speedups for rpcscope's log writer; see _speedups.c.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *m;
+#define INTERN(var, text)                                 \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) \
+        return NULL;
+    INTERN(s_code, "code");
+    INTERN(s_info, "info");
+    INTERN(s_end_wall_ns, "end_wall_ns");
+    INTERN(s_duration_ns, "duration_ns");
+    INTERN(s_msgs_in, "msgs_in");
+    INTERN(s_msgs_out, "msgs_out");
+    INTERN(s_peer, "peer");
+    INTERN(s_deadline, "deadline");
+    INTERN(s_trace, "trace");
+    INTERN(s_metadata, "metadata");
+    INTERN(s_component, "component");
+    INTERN(s_last, "_last");
+    INTERN(s_id_of, "id_of");
+    INTERN(s_encode_python, "encode_python");
+    INTERN(s_template, "_template");
+    INTERN(s_peer_fragment, "_peer");
+    INTERN(s_metadata_fragment, "_metadata");
+    INTERN(s_timestamp_prefix, "_timestamp_prefix");
+    INTERN(s_call_details, "call_details");
+    INTERN(s_line_python, "line_python");
+    INTERN(s_log_deadline, "log:deadline");
+    INTERN(s_redacted, "[REDACTED]");
+    if ((s_zero = PyFloat_FromDouble(0.0)) == NULL || (s_1e9 = PyFloat_FromDouble(1e9)) == NULL)
+        return NULL;
+#undef INTERN
+    if (PyType_Ready(&LineEncoderType) < 0)
+        return NULL;
+    m = PyModule_Create(&speedups_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "LineEncoder", (PyObject *)&LineEncoderType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,16 @@
+from typing import Any
+
+class LineEncoder:
+    def __init__(
+        self,
+        encoder: Any,
+        record_type: type,
+        statics: dict[Any, Any],
+        peers: dict[Any, Any],
+        metadatas: dict[Any, Any],
+        span_ids: Any,
+        trace_ids: Any,
+        parse_traceparent: Any,
+        traceparent_of: Any,
+    ) -> None: ...
+    def encode(self, record: Any) -> str: ...

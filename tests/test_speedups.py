@@ -1,0 +1,218 @@
+"""The optional C line encoder (rpcscope._speedups) must write exactly what the Python one does.
+
+The Python encoder (``CallLineEncoder.line_python``) is the reference; the C one handles the
+common case itself and hands the rest back. Both run here over the same generated records, in
+the same order (so their caches — templates, peers, metadata fragments, id blocks — are
+exercised too), and must agree on every line, on what the record holds afterwards (picked
+metadata, resolved deadline) and on the errors reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import pytest
+
+from rpcscope.collector._core import CallRecord, MetadataPicker, MethodInfo
+from rpcscope.exporters import _jsonline
+from rpcscope.exporters._ecs import Identity, call_document
+from rpcscope.exporters._jsonline import CallLineEncoder
+
+if _jsonline._SPEEDUPS is None:
+    if os.environ.get("RPCSCOPE_REQUIRE_SPEEDUPS") == "1":
+        raise RuntimeError(
+            "rpcscope._speedups is not built but RPCSCOPE_REQUIRE_SPEEDUPS=1 (as `make test` "
+            "sets): install a C compiler and Python headers (apt-get install gcc python3-dev) "
+            "and reinstall (`pip install -e .`)"
+        )
+    pytest.skip("rpcscope._speedups not built", allow_module_level=True)
+
+
+class Metadatum(NamedTuple):
+    """grpc's metadata pair type."""
+
+    key: str
+    value: Any
+
+
+class NotATuplePair(tuple):  # type: ignore[type-arg]
+    """A pair type that iterates differently: the C side must leave it to Python."""
+
+    def __iter__(self) -> Any:
+        return iter(("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"))
+
+
+class Unreadable:
+    @property
+    def deadline(self) -> float:
+        raise RuntimeError("deadline unreadable")
+
+
+_ALLOW = ("user-agent", "x-request-id", "authorization", "x-api-key", "x-bin", "x-num")
+_VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+_TRACEPARENTS = [
+    _VALID,
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+    "00-" + "0" * 32 + "-b7ad6b7169203331-01",  # zero trace id: invalid
+    "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01",  # zero span id: invalid
+    "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case: invalid
+    "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",  # a future version
+    "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # 55 chars, other version
+    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",  # v00 with a suffix
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333ü-01",  # non-ASCII, 55 chars
+    "garbage",
+    "",
+]
+
+
+def _metadata(rng: random.Random) -> Any:
+    pair: Callable[[str, Any], Any] = rng.choice([Metadatum, lambda k, v: (k, v)])
+    pool = [
+        pair("user-agent", rng.choice(["grpc-python/1.6", 'agent "q" \\ ünï', "🙂 agent"])),
+        pair("x-request-id", f"r-{rng.randrange(5)}"),
+        pair("authorization", "Bearer s3cret"),
+        pair("x-api-key", "k"),
+        pair("x-bin", b"\x00\x01"),
+        pair("x-num", rng.choice([7, 1.5, None])),
+        pair("other", "o"),
+        pair("traceparent", rng.choice(_TRACEPARENTS)),
+    ]
+    chosen = rng.sample(pool, rng.randrange(len(pool) + 1))
+    if rng.random() < 0.05:
+        chosen.append(NotATuplePair(("traceparent", "x")))
+    if rng.random() < 0.03:
+        chosen.append((b"traceparent", _VALID))  # a bytes key: not ours either
+    return tuple(chosen) if rng.random() < 0.8 else list(chosen)
+
+
+def _record_factory(rng: random.Random, infos: list[MethodInfo], number: int
+                    ) -> Callable[[], CallRecord]:
+    """A recipe for one random record; called twice to give each encoder its own copy."""
+    info = rng.choice(infos)
+    code = rng.choice(["OK"] * 8 + ["NotFound", "Unknown"])
+    end = rng.choice([
+        time.time_ns(),
+        1_764_000_000_000_000_000 + rng.randrange(10**10),
+        1_764_000_000_000_000_000,  # exactly on a second
+        1_764_000_000_999_999_999,
+    ])
+    # Mostly the common case (the C side's); unusual values (which it hands back) now and then.
+    duration = rng.choice([0, 1, 499, 500, 999_499, 999_500, rng.randrange(10**12)]
+                          if rng.random() < 0.95 else [2**63, -1])
+    msgs = rng.choice([0, 1, 3] if rng.random() < 0.95 else [10**20, True])
+    peer = rng.choice([None, "", "ipv4:127.0.0.1:40000", "ipv6:[::1]:5050",
+                       f"ipv4:10.0.0.{rng.randrange(3)}:1", 'unix:/tmp/"ü"'])
+    deadline_kind = rng.randrange(4)
+    deadline = rng.choice([0.1234567, 1e-7, 99_999_999.25, 1e9, float("nan"), float("inf"),
+                           -0.0, -2.5, 30.0] if rng.random() < 0.95 else [5])
+    details_deadline = rng.choice([end / 1e9 + 2.5, end / 1e9 - 1, 7, float("inf")])
+    metadata = _metadata(rng) if rng.random() < 0.8 else rng.choice([None, ()])
+    trace_kind = rng.randrange(6)
+    incoming = rng.choice([None, rng.choice(_TRACEPARENTS), "raw"])
+    call_number = rng.choice([number, number * 7, 0] if rng.random() < 0.95 else [2**70])
+    ids4 = ("a" * 32, "b" * 16, rng.choice([None, "", "c" * 16]), "01")
+
+    def make() -> CallRecord:
+        record = CallRecord(info, peer)
+        record.code = code
+        record.end_wall_ns = end
+        record.duration_ns = duration
+        record.msgs_in = msgs
+        record.msgs_out = 1
+        raw = list(metadata) if isinstance(metadata, list) else metadata
+        record.metadata = raw
+        if deadline_kind == 1:
+            record.deadline = deadline
+        elif deadline_kind == 2:
+            record.call_details = SimpleNamespace(deadline=details_deadline)
+        elif deadline_kind == 3:
+            record.call_details = Unreadable()
+        if trace_kind == 1:
+            record.trace = ids4
+        elif trace_kind >= 2:
+            record.trace = (raw if incoming == "raw" else incoming, call_number)
+        if code == "Unknown":
+            record.error = RuntimeError("boom")
+        return record
+
+    return make
+
+
+def _run(encoder: CallLineEncoder, record: CallRecord) -> tuple[str, Any]:
+    try:
+        return "ok", encoder.line(record)
+    except Exception as exc:  # the writer drops such a record; both must drop the same ones
+        return "raised", type(exc).__name__
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_c_and_python_write_the_same_lines(seed: int) -> None:
+    rng = random.Random(seed)
+    infos = [
+        MethodInfo("server", "/pkg.V1/Get", "pkg.V1", "Get", "unary", None),
+        MethodInfo("client", "/pkg.V1/Get", "pkg.V1", "Get", "unary", None),
+        MethodInfo("server", '/p.ü/M"\\', "p.ü", 'M"\\', "bidi_stream", None),
+        MethodInfo("server", "/p.🙂/Emoji", "p.🙂", "Emoji", "server_stream", None),
+    ]
+    identity = Identity("svc", "1.0", "prod")
+    picker = MetadataPicker(_ALLOW)
+    c_errors: list[str] = []
+    py_errors: list[str] = []
+    c_encoder = CallLineEncoder(identity, picker, c_errors.append)
+    py_encoder = CallLineEncoder(identity, picker, py_errors.append, speedups=False)
+    assert c_encoder.accelerated and not py_encoder.accelerated
+    for number in range(1500):
+        make = _record_factory(rng, infos, number)
+        c_record, py_record = make(), make()
+        c_out, py_out = _run(c_encoder, c_record), _run(py_encoder, py_record)
+        assert c_out == py_out, (number, c_record.trace, c_record.metadata)
+        for field in ("metadata", "deadline", "call_details"):
+            c_value, py_value = getattr(c_record, field), getattr(py_record, field)
+            if field == "deadline" and isinstance(py_value, float) and py_value != py_value:
+                assert c_value != c_value  # both NaN
+            else:
+                assert c_value == py_value, field
+        assert c_errors == py_errors
+        if c_out[0] == "ok" and py_record.code == "OK" and py_record.msgs_in is not True:
+            assert json.loads(c_out[1]) == call_document(py_record, identity)
+
+
+def test_most_generated_lines_take_the_c_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards the test above: if the C side delegated everything, it would agree trivially."""
+    rng = random.Random(7)
+    infos = [MethodInfo("server", "/pkg.V1/Get", "pkg.V1", "Get", "unary", None)]
+    encoder = CallLineEncoder(Identity("svc", None, None), MetadataPicker(_ALLOW))
+    delegated = 0
+    original = encoder.encode_python
+
+    def counting(record: CallRecord) -> str:
+        nonlocal delegated
+        delegated += 1
+        return original(record)
+
+    monkeypatch.setattr(encoder, "encode_python", counting)
+    for number in range(500):
+        _run(encoder, _record_factory(rng, infos, number)())
+    assert 0 < delegated < 250
+
+
+def test_pure_python_switch() -> None:
+    """RPCSCOPE_PURE_PYTHON=1 turns the C encoder off (to compare, or to rule it out)."""
+    code = ("from rpcscope.exporters._jsonline import CallLineEncoder;"
+            "from rpcscope.exporters._ecs import Identity;"
+            "print(CallLineEncoder(Identity('s', None, None)).accelerated)")
+    outputs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "RPCSCOPE_PURE_PYTHON": value}).stdout.strip()
+        for value in ("1", "0")
+    ]
+    assert outputs == ["False", "True"]
