@@ -318,7 +318,7 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
     PyObject *code = NULL, *info = NULL, *pieces = NULL, *component = NULL, *peer = NULL,
              *peer_part = NULL, *deadline = NULL, *trace = NULL, *trace_id = NULL,
              *span_id = NULL, *parent_id = NULL, *metadata = NULL, *metadata_part = NULL,
-             *obj = NULL, *result = NULL;
+             *obj = NULL, *stamp = NULL, *result = NULL;
     char *deadline_text = NULL;
     long long end_wall_ns, duration, msgs_in, msgs_out, second, micros, us;
     char scratch[160];
@@ -326,17 +326,13 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
     Piece parts[MAX_PIECES];
     int np = 0;
 
-    const int exact = Py_TYPE(record) == (PyTypeObject *)self->record_type;
+    /* Slots are read in place (see off_*), so only an exact CallRecord is ours. */
 #define GET(var, name)                                                               \
     do {                                                                             \
-        if (exact) {                                                                 \
-            var = *(PyObject **)((char *)record + self->off_##name);                 \
-            if (var == NULL) /* an unset slot: Python raises what it raises */       \
-                goto delegate;                                                       \
-            Py_INCREF(var);                                                          \
-        } else if ((var = PyObject_GetAttr(record, s_##name)) == NULL) {             \
-            goto done;                                                               \
-        }                                                                            \
+        var = *(PyObject **)((char *)record + self->off_##name);                     \
+        if (var == NULL) /* an unset slot: Python raises what it raises */           \
+            goto delegate;                                                           \
+        Py_INCREF(var);                                                              \
     } while (0)
 #define GET_LL(var, name)                                 \
     do {                                                  \
@@ -349,6 +345,8 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
 #define ASCII(s, len) (parts[np].u = NULL, parts[np].a = (s), parts[np].n = (len), np++)
 #define LIT(s) ASCII(s, (Py_ssize_t)(sizeof(s) - 1))
 
+    if (Py_TYPE(record) != (PyTypeObject *)self->record_type)
+        goto delegate;
     GET(code, code);
     if (!PyUnicode_CheckExact(code) || PyUnicode_CompareWithASCIIString(code, "OK") != 0)
         goto delegate; /* a failed call: Python's general path */
@@ -399,6 +397,8 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
         Py_XSETREF(self->second_text, text);
         self->second = second;
     }
+    /* Our own reference: a Python callback below could re-enter and replace it. */
+    stamp = Py_NewRef(self->second_text);
 
     GET(peer, peer);
     if (peer != Py_None) {
@@ -459,7 +459,7 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
 
     /* The line, in the order of CallLineEncoder.encode_python's f-string. */
     us = (duration + 500) / 1000;
-    STR(self->second_text);
+    STR(stamp);
     put_padded(at, micros, 6);
     ASCII(at, 6);
     at += 6;
@@ -569,6 +569,7 @@ done:
     Py_XDECREF(metadata);
     Py_XDECREF(metadata_part);
     Py_XDECREF(obj);
+    Py_XDECREF(stamp);
     if (deadline_text != NULL)
         PyMem_Free(deadline_text);
     return result;
@@ -596,19 +597,21 @@ get_ll_attr(PyObject *o, const char *name, long long *out)
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
 
-/* The picked metadata (MetadataPicker.__call__), for a tuple or list of plain pairs; NULL
- * without an error for any other shape (the picker decides). */
+/* The picked metadata (MetadataPicker.__call__), for a tuple of plain pairs with str keys
+ * (what grpc hands over); NULL without an error for any other shape (the picker decides).
+ * Only a tuple: repr() of a value runs Python code, which could resize a list under us. The
+ * caller holds a reference to metadata. */
 static PyObject *
 pick(LineEncoder *self, PyObject *metadata)
 {
     Py_ssize_t n, kept = 0;
     PyObject **items, *picked;
-    if (!PyTuple_CheckExact(metadata) && !PyList_CheckExact(metadata))
+    if (!PyTuple_CheckExact(metadata))
         return NULL;
-    n = PySequence_Fast_GET_SIZE(metadata);
-    items = PySequence_Fast_ITEMS(metadata);
+    n = PyTuple_GET_SIZE(metadata);
+    items = &PyTuple_GET_ITEM(metadata, 0);
     for (Py_ssize_t i = 0; i < n; i++)
-        if (!is_plain_pair(items[i]))
+        if (!is_plain_pair(items[i]) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(items[i], 0)))
             return NULL;
     picked = PyTuple_New(n);
     if (picked == NULL)
@@ -617,13 +620,16 @@ pick(LineEncoder *self, PyObject *metadata)
         PyObject *key = PyTuple_GET_ITEM(items[i], 0), *value = PyTuple_GET_ITEM(items[i], 1),
                  *redact, *pair, *shown;
         int r;
-        redact = PyDict_GetItemWithError(self->allow, key);
+        redact = PyDict_GetItemWithError(self->allow, key); /* str key: no Python code */
         if (redact == NULL) {
             if (PyErr_Occurred())
                 goto error;
             continue;
         }
-        if ((r = PyObject_IsTrue(redact)) < 0)
+        Py_INCREF(redact);
+        r = PyObject_IsTrue(redact);
+        Py_DECREF(redact);
+        if (r < 0)
             goto error;
         if (r)
             shown = Py_NewRef(s_redacted);
@@ -684,7 +690,7 @@ resolve_deadline(LineEncoder *self, PyObject *record, PyObject *details)
         goto failed;
     if (r)
         Py_SETREF(remaining, Py_NewRef(s_zero));
-    Py_SETREF(SLOT(record, self->off_deadline), remaining);
+    Py_XSETREF(SLOT(record, self->off_deadline), remaining);
     Py_DECREF(start);
     Py_DECREF(absolute);
     return 0;
@@ -726,15 +732,15 @@ LineEncoder_line(LineEncoder *self, PyObject *record)
     }
     metadata = SLOT(record, self->off_metadata);
     if (metadata != NULL && metadata != Py_None) {
-        PyObject *picked = pick(self, metadata);
-        if (picked == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
+        PyObject *picked;
+        Py_INCREF(metadata);
+        picked = pick(self, metadata);
+        if (picked == NULL && !PyErr_Occurred())
             picked = PyObject_CallOneArg(self->pick, metadata);
-            if (picked == NULL)
-                return NULL;
-        }
-        Py_SETREF(SLOT(record, self->off_metadata), picked);
+        Py_DECREF(metadata);
+        if (picked == NULL)
+            return NULL;
+        Py_XSETREF(SLOT(record, self->off_metadata), picked);
     }
     return LineEncoder_encode(self, record);
 }
