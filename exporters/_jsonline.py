@@ -11,8 +11,8 @@ and a test asserts both paths decode to the same document.
 
 Even so, this Python encoder was about half of all of rpcscope's extra instructions per call
 (``bench/instructions.py``: ~38k per record, of which the trace part ~14k), so when a C compiler
-was there at install time the same work runs in C (``rpcscope._speedups``, ~8k per record):
-the deadline, the metadata pick and this line for the common case. The Python code here stays
+was there at install time the same work runs in C (``rpcscope._speedups``, ~7k per record):
+the deadline, the allowed metadata and this line for the common case. The Python code here stays
 the reference: the C side hands every unusual case back to it, and tests/test_speedups.py
 checks both write identical lines on generated records.
 """
@@ -87,7 +87,7 @@ class CallLineEncoder:
         if speedups and _SPEEDUPS is not None:
             fast = _SPEEDUPS.LineEncoder(
                 self, CallRecord, self._static, self._peers, self._metadatas, _core._SPAN_IDS,
-                _core._TRACE_IDS, _core.parse_traceparent, _core._traceparent_of, self._pick,
+                _core._TRACE_IDS, _core.parse_traceparent, _core._traceparent_of,
                 self._pick.allow, self._on_error,
             )
             self.encode, self.line = fast.encode, fast.line
@@ -99,7 +99,10 @@ class CallLineEncoder:
 
     def line_python(self, record: CallRecord) -> str:
         """A call record as the writer hands it over (raw metadata, kept CallDetails), picked,
-        resolved and encoded. Mutates the record: afterwards it holds what was logged."""
+        resolved and encoded. Mutates the record: afterwards its deadline is resolved, and its
+        metadata is what was logged, or (C encoder) still raw: picking it gives what was
+        logged (picking is idempotent). The C encoder takes the logged pairs straight from
+        the raw ones, sparing a tuple per call and the hashing of grpc's fresh strings."""
         if record.call_details is not None:
             resolve_deadline(record, self._on_error)
         if record.metadata is not None:
@@ -204,11 +207,15 @@ class CallLineEncoder:
             f"{peer_part}{deadline_part}{trace_part}{metadata_part}}}"
         )
 
+    def _metadata_piece(self, key: str, value: str) -> str:
+        """One logged pair as JSON (the C encoder caches these per key)."""
+        return f"{_esc(key)}:{_esc(value)}"
+
     def _metadata(self, metadata: tuple[tuple[str, str], ...]) -> str:
         """The metadata fragment; the same few values (user agents) repeat, so cache (bounded)."""
         fragment = self._metadatas.get(metadata)
         if fragment is None:
-            inner = ",".join(f"{_esc(k)}:{_esc(v)}" for k, v in metadata)
+            inner = ",".join(self._metadata_piece(k, v) for k, v in metadata)
             fragment = f',"grpc.request.metadata":{{{inner}}}'
             if len(self._metadatas) >= 4096:
                 self._metadatas.clear()

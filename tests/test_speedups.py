@@ -94,16 +94,17 @@ def _metadata(rng: random.Random) -> Any:
         pair("authorization", "Bearer s3cret"),
         pair("x-api-key", "k"),
         pair("x-bin", b"\x00\x01"),
-        pair("x-num", rng.choice([7, 1.5, None, BadRepr()])),
         pair("other", "o"),
         pair("traceparent", rng.choice(_TRACEPARENTS)),
     ]
     chosen = rng.sample(pool, rng.randrange(len(pool) + 1))
+    if rng.random() < 0.1:  # an allowed key with a non-str value: logged as its repr
+        chosen.append(pair("x-num", rng.choice([7, 1.5, None, BadRepr()])))
     if rng.random() < 0.05:
         chosen.append(NotATuplePair(("traceparent", "x")))
     if rng.random() < 0.03:
         chosen.append((b"traceparent", _VALID))  # a bytes key: not ours either
-    return tuple(chosen) if rng.random() < 0.8 else list(chosen)
+    return tuple(chosen) if rng.random() < 0.9 else list(chosen)
 
 
 def _record_factory(rng: random.Random, infos: list[MethodInfo], number: int
@@ -188,6 +189,10 @@ def test_c_and_python_write_the_same_lines(seed: int) -> None:
         c_record, py_record = make(), make()
         c_out, py_out = _run(c_encoder, c_record), _run(py_encoder, py_record)
         assert c_out == py_out, (number, c_record.trace, c_record.metadata)
+        # The C side leaves the metadata raw (it never builds the picked tuple); picking it
+        # gives what was logged, which is what the Python side keeps.
+        if c_out[0] == "ok" and c_record.metadata is not None:
+            c_record.metadata = picker(c_record.metadata)
         for field in ("metadata", "deadline", "call_details"):
             c_value, py_value = getattr(c_record, field), getattr(py_record, field)
             if field == "deadline" and isinstance(py_value, float) and py_value != py_value:
@@ -205,23 +210,24 @@ def test_most_generated_lines_take_the_c_path(monkeypatch: pytest.MonkeyPatch) -
     infos = [MethodInfo("server", "/pkg.V1/Get", "pkg.V1", "Get", "unary", None)]
     encoder = CallLineEncoder(Identity("svc", None, None), MetadataPicker(_ALLOW))
     delegated = 0
-    original = encoder.encode_python
+    original = encoder.line_python
 
     def counting(record: CallRecord) -> str:
         nonlocal delegated
         delegated += 1
         return original(record)
 
-    monkeypatch.setattr(encoder, "encode_python", counting)
+    monkeypatch.setattr(encoder, "line_python", counting)
     for number in range(500):
         _run(encoder, _record_factory(rng, infos, number)())
-    assert 0 < delegated < 250
+    assert 50 < delegated < 300  # both paths well exercised
 
 
 def test_c_lines_do_not_leak() -> None:
     """Every reference the C side takes per line is given back: 20,000 lines (every C path:
-    deadline from CallDetails, picked metadata, a caller's traceparent, fresh ids) leave no
-    memory behind. A leak of one object per line would be about a megabyte here."""
+    deadline from CallDetails, logged and redacted metadata, a caller's traceparent, fresh
+    ids) leave no memory behind. A leak of one object per line would be about a megabyte
+    here. (All of them take the C path: the test above checks the C side hands little back.)"""
     encoder = CallLineEncoder(Identity("svc", None, None), MetadataPicker(_ALLOW))
     info = MethodInfo("server", "/pkg.V1/Get", "pkg.V1", "Get", "unary", None)
 
@@ -230,7 +236,7 @@ def test_c_lines_do_not_leak() -> None:
             record = CallRecord(info, "ipv4:127.0.0.1:1")
             record.end_wall_ns, record.duration_ns = 1_764_000_000_123_456_789, 12_345
             raw = (Metadatum("user-agent", "ua"), Metadatum("traceparent", _VALID),
-                   Metadatum("authorization", "x"), Metadatum("x-num", 7))
+                   Metadatum("authorization", "x"), Metadatum("other", 7))
             record.metadata = raw
             record.trace = (raw if number % 2 else None, number)
             record.call_details = SimpleNamespace(deadline=1_764_000_030.0)

@@ -24,7 +24,7 @@
 
 static PyObject *s_code, *s_info, *s_end_wall_ns, *s_duration_ns, *s_msgs_in, *s_msgs_out,
     *s_peer, *s_deadline, *s_trace, *s_metadata, *s_component, *s_last, *s_id_of,
-    *s_encode_python, *s_template, *s_peer_fragment, *s_metadata_fragment, *s_timestamp_prefix,
+    *s_encode_python, *s_template, *s_peer_fragment, *s_metadata_fragment, *s_timestamp_prefix, *s_metadata_piece,
     *s_call_details, *s_line_python, *s_log_deadline, *s_redacted, *s_zero, *s_1e9;
 
 typedef struct {
@@ -33,13 +33,13 @@ typedef struct {
     PyObject *statics;           /* its dict: id(info) -> (info, (p1, p2, p3, p4)) */
     PyObject *peers;             /* its dict: component -> {peer: fragment} */
     PyObject *metadatas;         /* its dict: picked metadata -> fragment */
+    PyObject *pieces;            /* ours: allowed key -> (value or None if redacted, piece) */
     PyObject *span_ids;          /* collector._core._IdSource of span ids */
     PyObject *trace_ids;         /* ... of trace ids */
     PyObject *parse_traceparent; /* collector._core.parse_traceparent (every other version) */
     PyObject *traceparent_of;    /* collector._core._traceparent_of (raw metadata) */
     PyObject *record_type;       /* collector._core.CallRecord */
     PyObject *allow;             /* MetadataPicker's {key: redact?} */
-    PyObject *pick;              /* the MetadataPicker (any other metadata shape) */
     PyObject *on_error;          /* on_error("log:deadline"): a record lost its deadline */
     /* Where CallRecord's slots sit in an instance (its member descriptors' offsets): reading
      * them directly skips an attribute lookup per field. Used only for exact CallRecords. */
@@ -57,7 +57,8 @@ typedef struct {
     Py_ssize_t n;
 } Piece;
 
-#define MAX_PIECES 32
+#define MAX_PIECES 48
+#define MAX_META 8 /* logged metadata pairs handled in C; more: Python */
 
 /* Decimal digits of v >= 0 into buf; returns the length. */
 static Py_ssize_t
@@ -312,8 +313,90 @@ fragment(PyObject *cache, PyObject *key, PyObject *py, PyObject *method, PyObjec
     return PyObject_CallMethodObjArgs(py, method, arg0, key, NULL);
 }
 
+/*
+ * The logged metadata pieces ("key":"value" JSON) of raw gRPC metadata, straight from it:
+ * what MetadataPicker then CallLineEncoder._metadata would give, without building the picked
+ * tuple. grpc hands over fresh strings per call, so the tuple cost allocations (and the
+ * collections they trigger) and a dict lookup hashing every string; here each allowed key
+ * keeps its last value and piece, and a value equal to the last takes its piece. Fills
+ * out[0..*n) with new references. 1: done; 0: not ours (a list, a non-str key or value to
+ * show, more than MAX_META pairs): Python decides; -1: error.
+ */
+static int
+raw_pieces(LineEncoder *self, PyObject *metadata, PyObject **out, int *n)
+{
+    Py_ssize_t size;
+    *n = 0;
+    if (!PyTuple_CheckExact(metadata))
+        return 0;
+    size = PyTuple_GET_SIZE(metadata);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *item = PyTuple_GET_ITEM(metadata, i), *key, *value, *redact, *entry, *piece;
+        int r;
+        if (!is_plain_pair(item) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(item, 0)))
+            goto not_ours;
+        key = PyTuple_GET_ITEM(item, 0);
+        value = PyTuple_GET_ITEM(item, 1);
+        redact = PyDict_GetItemWithError(self->allow, key); /* str key: no Python code */
+        if (redact == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            continue;
+        }
+        if (!PyBool_Check(redact))
+            goto not_ours;
+        r = redact == Py_True;
+        if (!r && !PyUnicode_CheckExact(value))
+            goto not_ours; /* shown as repr(value): Python */
+        if (*n == MAX_META)
+            goto not_ours;
+        entry = PyDict_GetItemWithError(self->pieces, key);
+        if (entry == NULL && PyErr_Occurred())
+            goto error;
+        if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2
+            && PyUnicode_CheckExact(PyTuple_GET_ITEM(entry, 1))
+            && (r ? PyTuple_GET_ITEM(entry, 0) == Py_None
+                  : (PyUnicode_CheckExact(PyTuple_GET_ITEM(entry, 0))
+                     && PyUnicode_Compare(PyTuple_GET_ITEM(entry, 0), value) == 0))) {
+            piece = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
+        } else {
+            PyObject *fresh;
+            piece = PyObject_CallMethodObjArgs(self->py, s_metadata_piece, key,
+                                               r ? s_redacted : value, NULL);
+            if (piece == NULL)
+                goto error;
+            if (!PyUnicode_CheckExact(piece)) {
+                Py_DECREF(piece);
+                goto not_ours;
+            }
+            fresh = PyTuple_Pack(2, r ? Py_None : value, piece);
+            if (fresh == NULL || PyDict_SetItem(self->pieces, key, fresh) < 0) {
+                Py_XDECREF(fresh);
+                Py_DECREF(piece);
+                goto error;
+            }
+            Py_DECREF(fresh);
+        }
+        out[(*n)++] = piece;
+    }
+    return 1;
+not_ours:
+    while (*n > 0)
+        Py_DECREF(out[--(*n)]);
+    return 0;
+error:
+    while (*n > 0)
+        Py_DECREF(out[--(*n)]);
+    return -1;
+}
+
+/*
+ * A record's line. raw = 0 (encode): record.metadata is picked already, and anything not ours
+ * goes to CallLineEncoder.encode_python; raw = 1 (line, after the deadline): record.metadata is
+ * grpc's raw metadata, left as it is, and anything not ours goes to line_python.
+ */
 static PyObject *
-LineEncoder_encode(LineEncoder *self, PyObject *record)
+encode_impl(LineEncoder *self, PyObject *record, int raw)
 {
     PyObject *code = NULL, *info = NULL, *pieces = NULL, *component = NULL, *peer = NULL,
              *peer_part = NULL, *deadline = NULL, *trace = NULL, *trace_id = NULL,
@@ -325,6 +408,8 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
     char *at = scratch;
     Piece parts[MAX_PIECES];
     int np = 0;
+    PyObject *meta[MAX_META];
+    int n_meta = 0;
 
     /* Slots are read in place (see off_*), so only an exact CallRecord is ours. */
 #define GET(var, name)                                                               \
@@ -444,7 +529,15 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
     }
 
     GET(metadata, metadata);
-    if (metadata != Py_None) {
+    if (raw) {
+        if (metadata != Py_None) {
+            int r = raw_pieces(self, metadata, meta, &n_meta);
+            if (r < 0)
+                goto done;
+            if (r == 0)
+                goto delegate;
+        }
+    } else if (metadata != Py_None) {
         if (!PyTuple_CheckExact(metadata))
             goto delegate;
         if (PyTuple_GET_SIZE(metadata) > 0) {
@@ -510,6 +603,15 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
     }
     if (metadata_part != NULL)
         STR(metadata_part);
+    for (int i = 0; i < n_meta; i++) {
+        if (i == 0)
+            LIT(",\"grpc.request.metadata\":{");
+        else
+            LIT(",");
+        STR(meta[i]);
+    }
+    if (n_meta > 0)
+        LIT("}");
     LIT("}");
 
     {
@@ -553,7 +655,7 @@ LineEncoder_encode(LineEncoder *self, PyObject *record)
 
 delegate:
     PyErr_Clear();
-    result = PyObject_CallMethodOneArg(self->py, s_encode_python, record);
+    result = PyObject_CallMethodOneArg(self->py, raw ? s_line_python : s_encode_python, record);
 done:
     Py_XDECREF(code);
     Py_XDECREF(info);
@@ -568,6 +670,8 @@ done:
     Py_XDECREF(parent_id);
     Py_XDECREF(metadata);
     Py_XDECREF(metadata_part);
+    while (n_meta > 0)
+        Py_DECREF(meta[--n_meta]);
     Py_XDECREF(obj);
     Py_XDECREF(stamp);
     if (deadline_text != NULL)
@@ -596,67 +700,6 @@ get_ll_attr(PyObject *o, const char *name, long long *out)
 }
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
-
-/* The picked metadata (MetadataPicker.__call__), for a tuple of plain pairs with str keys
- * (what grpc hands over); NULL without an error for any other shape (the picker decides).
- * Only a tuple: repr() of a value runs Python code, which could resize a list under us. The
- * caller holds a reference to metadata. */
-static PyObject *
-pick(LineEncoder *self, PyObject *metadata)
-{
-    Py_ssize_t n, kept = 0;
-    PyObject **items, *picked;
-    if (!PyTuple_CheckExact(metadata))
-        return NULL;
-    n = PyTuple_GET_SIZE(metadata);
-    items = &PyTuple_GET_ITEM(metadata, 0);
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!is_plain_pair(items[i]) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(items[i], 0)))
-            return NULL;
-    picked = PyTuple_New(n);
-    if (picked == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *key = PyTuple_GET_ITEM(items[i], 0), *value = PyTuple_GET_ITEM(items[i], 1),
-                 *redact, *pair, *shown;
-        int r;
-        redact = PyDict_GetItemWithError(self->allow, key); /* str key: no Python code */
-        if (redact == NULL) {
-            if (PyErr_Occurred())
-                goto error;
-            continue;
-        }
-        Py_INCREF(redact);
-        r = PyObject_IsTrue(redact);
-        Py_DECREF(redact);
-        if (r < 0)
-            goto error;
-        if (r)
-            shown = Py_NewRef(s_redacted);
-        else if (PyUnicode_CheckExact(value))
-            shown = Py_NewRef(value);
-        else if ((shown = PyObject_Repr(value)) == NULL)
-            goto error;
-        pair = PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(shown);
-            goto error;
-        }
-        PyTuple_SET_ITEM(pair, 0, Py_NewRef(key));
-        PyTuple_SET_ITEM(pair, 1, shown);
-        PyTuple_SET_ITEM(picked, kept++, pair);
-    }
-    if (kept == 0) {
-        Py_DECREF(picked);
-        return Py_NewRef(Py_None);
-    }
-    if (kept < n && _PyTuple_Resize(&picked, kept) < 0)
-        return NULL;
-    return picked;
-error:
-    Py_DECREF(picked);
-    return NULL;
-}
 
 /*
  * collector._core.resolve_deadline: CallDetails.deadline (absolute) -> remaining time at the
@@ -712,13 +755,13 @@ failed:
 
 /*
  * line(record): what the log writer does per call record for a line sink, in one step: the
- * deadline from the kept CallDetails, the metadata picked, the line encoded (see
- * CallLineEncoder.line_python, the reference).
+ * deadline from the kept CallDetails, then the line with the allowed metadata taken from the
+ * raw pairs (see CallLineEncoder.line_python, the reference).
  */
 static PyObject *
 LineEncoder_line(LineEncoder *self, PyObject *record)
 {
-    PyObject *details, *metadata;
+    PyObject *details;
     if (Py_TYPE(record) != (PyTypeObject *)self->record_type)
         return PyObject_CallMethodOneArg(self->py, s_line_python, record);
     details = SLOT(record, self->off_call_details);
@@ -730,19 +773,13 @@ LineEncoder_line(LineEncoder *self, PyObject *record)
         if (r < 0)
             return NULL;
     }
-    metadata = SLOT(record, self->off_metadata);
-    if (metadata != NULL && metadata != Py_None) {
-        PyObject *picked;
-        Py_INCREF(metadata);
-        picked = pick(self, metadata);
-        if (picked == NULL && !PyErr_Occurred())
-            picked = PyObject_CallOneArg(self->pick, metadata);
-        Py_DECREF(metadata);
-        if (picked == NULL)
-            return NULL;
-        Py_XSETREF(SLOT(record, self->off_metadata), picked);
-    }
-    return LineEncoder_encode(self, record);
+    return encode_impl(self, record, 1);
+}
+
+static PyObject *
+LineEncoder_encode(LineEncoder *self, PyObject *record)
+{
+    return encode_impl(self, record, 0);
 }
 
 /* The instance offset of a __slots__ member of type, or -1 with an error. */
@@ -764,15 +801,18 @@ LineEncoder_init(LineEncoder *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"encoder", "record_type", "statics", "peers", "metadatas",
                              "span_ids", "trace_ids", "parse_traceparent", "traceparent_of",
-                             "pick", "allow", "on_error", NULL};
+                             "allow", "on_error", NULL};
     PyObject *py, *record_type, *statics, *peers, *metadatas, *span_ids, *trace_ids, *parse,
-        *tp_of, *picker, *allow, *on_error;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!OOOOOO!O", kwlist, &py,
+        *tp_of, *allow, *on_error, *pieces;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!OOOOO!O", kwlist, &py,
                                      &PyType_Type, &record_type, &PyDict_Type, &statics,
                                      &PyDict_Type, &peers, &PyDict_Type, &metadatas, &span_ids,
-                                     &trace_ids, &parse, &tp_of, &picker, &PyDict_Type, &allow,
+                                     &trace_ids, &parse, &tp_of, &PyDict_Type, &allow,
                                      &on_error))
         return -1;
+    if ((pieces = PyDict_New()) == NULL)
+        return -1;
+    Py_XSETREF(self->pieces, pieces);
 #define OFFSET(name)                                                         \
     if ((self->off_##name = slot_offset(record_type, s_##name)) < 0)         \
         return -1;
@@ -789,7 +829,6 @@ LineEncoder_init(LineEncoder *self, PyObject *args, PyObject *kwds)
     OFFSET(call_details);
 #undef OFFSET
     Py_XSETREF(self->allow, Py_NewRef(allow));
-    Py_XSETREF(self->pick, Py_NewRef(picker));
     Py_XSETREF(self->on_error, Py_NewRef(on_error));
     Py_XSETREF(self->record_type, Py_NewRef(record_type));
     if (get_ll_attr(span_ids, "_per", &self->span_per) < 0
@@ -816,7 +855,7 @@ LineEncoder_traverse(LineEncoder *self, visitproc visit, void *arg)
     Py_VISIT(self->py);
     Py_VISIT(self->record_type);
     Py_VISIT(self->allow);
-    Py_VISIT(self->pick);
+    Py_VISIT(self->pieces);
     Py_VISIT(self->on_error);
     Py_VISIT(self->statics);
     Py_VISIT(self->peers);
@@ -834,7 +873,7 @@ LineEncoder_clear(LineEncoder *self)
     Py_CLEAR(self->py);
     Py_CLEAR(self->record_type);
     Py_CLEAR(self->allow);
-    Py_CLEAR(self->pick);
+    Py_CLEAR(self->pieces);
     Py_CLEAR(self->on_error);
     Py_CLEAR(self->statics);
     Py_CLEAR(self->peers);
@@ -859,7 +898,7 @@ static PyMethodDef LineEncoder_methods[] = {
     {"encode", (PyCFunction)LineEncoder_encode, METH_O,
      "encode(record) -> str: the record's JSON line (see CallLineEncoder.encode_python)."},
     {"line", (PyCFunction)LineEncoder_line, METH_O,
-     "line(record) -> str: deadline, metadata pick, then encode (CallLineEncoder.line_python)."},
+     "line(record) -> str: deadline, then the line with raw metadata (see line_python)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -911,6 +950,7 @@ PyInit__speedups(void)
     INTERN(s_timestamp_prefix, "_timestamp_prefix");
     INTERN(s_call_details, "call_details");
     INTERN(s_line_python, "line_python");
+    INTERN(s_metadata_piece, "_metadata_piece");
     INTERN(s_log_deadline, "log:deadline");
     INTERN(s_redacted, "[REDACTED]");
     if ((s_zero = PyFloat_FromDouble(0.0)) == NULL || (s_1e9 = PyFloat_FromDouble(1e9)) == NULL)
