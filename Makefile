@@ -27,8 +27,13 @@ os-deps:
 	fi
 
 # setup.py and the C source too: an editable install builds the extension once, in place.
+# Debian's python3 makes no venv without python3-venv: install it then, and only then.
 $(VENV)/.installed: pyproject.toml setup.py src/rpcscope/_speedups.c
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q python3-venv && \
+	  $(PYTHON) -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,bench]'
 	@touch $@
