@@ -560,3 +560,16 @@ def _looks_secret(key: str) -> bool:
 
 
 HOSTNAME: Final = socket.gethostname()
+
+
+def load_speedups() -> Any:
+    """rpcscope._speedups (the C log line encoder and metrics fold), or None: not built (no
+    compiler at install time) or turned off with RPCSCOPE_PURE_PYTHON=1 (to compare, or to
+    rule it out). The Python code it stands in for stays the reference: see _speedups.c."""
+    if os.environ.get("RPCSCOPE_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from rpcscope import _speedups
+    except ImportError:
+        return None
+    return _speedups

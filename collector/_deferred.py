@@ -18,7 +18,9 @@ them into counters and histogram buckets happens in batches, warm, under one loc
   metrics are never dropped.
 
 The same batch hands finished records on to the access log (``forward``), so a call costs one
-append for metrics and log together. prometheus_client still does the registry, the families,
+append for metrics and log together. The fold loop itself runs in C when ``rpcscope._speedups``
+was built (``Folder``: ~1.5k instead of ~5.5k instructions per call, callgrind); the loop in
+:meth:`DeferredMetrics.drain` stays the reference and takes every item the C side hands back. prometheus_client still does the registry, the families,
 text and OpenMetrics exposition with exemplars, and content negotiation. In multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``) the lock-based metrics of ``_metrics.py`` are used instead,
 because only they write the shared mmap files.
@@ -41,13 +43,14 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from rpcscope import schema
-from rpcscope.collector._core import resolve_ids
+from rpcscope.collector._core import CallRecord, MethodInfo, load_speedups, resolve_ids
 
 if TYPE_CHECKING:
-    from rpcscope.collector._core import CallRecord, TraceIds
+    from rpcscope.collector._core import TraceIds
 
 _CODE_INDEX: Final = {code: i for i, code in enumerate(schema.CODES)}
 _N_CODES: Final = len(schema.CODES)
+_UNKNOWN: Final = _CODE_INDEX["Unknown"]  # where a code outside the table is counted
 # Layout of MethodAggregate.counts: [started, received, sent, *handled_by_code, *bucket_counts].
 _STARTED, _RECEIVED, _SENT = 0, 1, 2
 _HANDLED: Final = 3
@@ -89,6 +92,17 @@ class DeferredMetrics(Collector):
         self._exemplars = exemplars
         self._interval = interval
         self.max_pending = max_pending
+        #: The C fold (rpcscope._speedups.Folder) when built; it folds the common items and
+        #: leaves the rest to the Python loop in drain(), the reference.
+        self._folder: Any = None
+        speedups = load_speedups()
+        if speedups is not None and all(
+            type(b) is float or (type(b) is int and abs(b) <= 2**53) for b in self._bounds
+        ):
+            self._folder = speedups.Folder(
+                MethodAggregate, CallRecord, MethodInfo, self._bounds, _CODE_INDEX, exemplars,
+                (_STARTED, _RECEIVED, _SENT, _HANDLED, _BUCKETS, _UNKNOWN),
+            )
         self._methods: list[MethodAggregate] = []
         #: The request path's hand-off: Pipeline appends MethodAggregates ("started") and
         #: finished CallRecords directly (no method call: see Pipeline.start_server on why).
@@ -154,7 +168,16 @@ class DeferredMetrics(Collector):
             exemplars = self._exemplars
             code_index = _CODE_INDEX.get
             keep = out.append if forward is not None else None
-            for _ in range(len(pending)):
+            n = len(pending)
+            if self._folder is not None:
+                # C folds the common items; the first other one and the rest are the loop's.
+                try:
+                    n -= self._folder.fold(pending, n, out if forward is not None else None,
+                                           components)
+                except Exception:  # out of memory mid-item: that item is lost, and counted
+                    self.on_error("metrics")
+                    n = min(n, len(pending))
+            for _ in range(n):
                 item = popleft()
                 if type(item) is MethodAggregate:
                     item.counts[_STARTED] += 1
@@ -162,7 +185,7 @@ class DeferredMetrics(Collector):
                 try:
                     agg: MethodAggregate = item.info.metrics
                     counts = agg.counts
-                    counts[_HANDLED + code_index(item.code, 2)] += 1
+                    counts[_HANDLED + code_index(item.code, _UNKNOWN)] += 1
                     counts[_RECEIVED] += item.msgs_in
                     counts[_SENT] += item.msgs_out
                     seconds = item.duration_ns / 1e9

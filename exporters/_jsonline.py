@@ -43,19 +43,7 @@ _esc: Final = json.encoder.encode_basestring  # C-accelerated string escaping (n
 _NO_PEERS: Final[dict[str, str]] = {}
 
 
-def _load_speedups() -> Any:
-    """rpcscope._speedups (the C encoder), or None: not built (no compiler at install time)
-    or turned off with RPCSCOPE_PURE_PYTHON=1 (to compare, or to rule it out)."""
-    if os.environ.get("RPCSCOPE_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from rpcscope import _speedups
-    except ImportError:
-        return None
-    return _speedups
-
-
-_SPEEDUPS: Final = _load_speedups()
+_SPEEDUPS: Final = _core.load_speedups()
 
 
 class CallLineEncoder:

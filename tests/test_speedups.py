@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from rpcscope.collector._core import CallRecord, MetadataPicker, MethodInfo
+from rpcscope.collector._deferred import DeferredMetrics
 from rpcscope.exporters import _jsonline
 from rpcscope.exporters._ecs import Identity, call_document
 from rpcscope.exporters._jsonline import CallLineEncoder
@@ -264,3 +265,118 @@ def test_pure_python_switch() -> None:
         for value in ("1", "0")
     ]
     assert outputs == ["False", "True"]
+
+
+# -- the metrics fold -------------------------------------------------------------------------
+
+_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]  # an int among floats
+
+
+def _deferred(folder: bool) -> tuple[DeferredMetrics, list[list[CallRecord]], list[str]]:
+    forwarded: list[list[CallRecord]] = []
+    errors: list[str] = []
+    deferred = DeferredMetrics(None, _BOUNDS, exemplars=True, interval=3600)
+    if not folder:
+        deferred._folder = None
+    deferred.forward = forwarded.append
+    deferred.log_components = frozenset({"server"})
+    deferred.on_error = errors.append
+    return deferred, forwarded, errors
+
+
+def _fold_items(rng: random.Random, count: int) -> list[Callable[[DeferredMetrics], Any]]:
+    """Recipes for pending items (each called once per DeferredMetrics: their own objects)."""
+    recipes: list[Callable[[DeferredMetrics], Any]] = []
+    for number in range(count):
+        kind = rng.random()
+        method = rng.randrange(3)
+        component = rng.choice(["server", "client"])
+        code = rng.choice(["OK"] * 5 + ["NotFound", "Unavailable", "NoSuchCode"])
+        duration = rng.choice([0, 1, 5_000_000, 10_000_000, 10_000_001, 10**9, 10**10,
+                               rng.randrange(2 * 10**10)])
+        msgs: Any = rng.choice([0, 1, 7])
+        trace = rng.choice([None, (None, number), ("a" * 32, "b" * 16, None, "01")])
+        # Now and then one oddity, which the C fold leaves to the Python loop (which counts
+        # an error for some of them: a None code, a str message count, no aggregate).
+        odd = rng.random()
+        if odd < 0.005:
+            code = None
+        elif odd < 0.01:
+            duration = rng.choice([2**60, 1.5])
+        elif odd < 0.015:
+            msgs = rng.choice([True, 2**70, "x"])
+        odd = rng.random() if odd >= 0.015 else 0.5
+
+        def recipe(d: DeferredMetrics, kind: float = kind, method: int = method,
+                   component: str = component, code: Any = code, duration: Any = duration,
+                   msgs: Any = msgs, trace: Any = trace, odd: float = odd,
+                   number: int = number) -> Any:
+            aggs = d._test_aggs  # type: ignore[attr-defined]
+            agg = aggs[(component, method)]
+            if kind < 0.3:
+                return agg  # a call started
+            info = MethodInfo(component, f"/s.S/M{method}", "s.S", f"M{method}", "unary",
+                              agg if odd > 0.005 else None)
+            record = (CallRecord if odd < 0.995 else SubRecord)(info)
+            record.code, record.duration_ns = code, duration
+            record.msgs_in, record.msgs_out = msgs, 1
+            record.trace, record.end_wall_ns = trace, 1_764_000_000_123_456_789 + number
+            return record
+        recipes.append(recipe)
+    return recipes
+
+
+def _setup(d: DeferredMetrics) -> DeferredMetrics:
+    d._test_aggs = {(c, m): d.for_method(c, ("unary", "s.S", f"M{m}"))  # type: ignore[attr-defined]
+                    for c in ("server", "client") for m in range(3)}
+    return d
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_c_and_python_fold_the_same(seed: int) -> None:
+    """Counts, sums, exemplars, the records forwarded to the log and the errors counted are
+    the same whether the C fold or the Python loop ran, batch after batch."""
+    rng = random.Random(seed)
+    c_side, py_side = _deferred(True), _deferred(False)
+    folder, in_c = c_side[0]._folder, [0, 0]
+    assert folder is not None
+
+    class Counting:  # how many items the C fold took, of how many it was offered
+        def fold(self, pending: Any, n: int, *rest: Any) -> int:
+            done: int = folder.fold(pending, n, *rest)
+            in_c[0] += done
+            in_c[1] += n
+            return done
+
+    c_side[0]._folder = Counting()
+    _setup(c_side[0])
+    _setup(py_side[0])
+    for _ in range(30):
+        recipes = _fold_items(rng, rng.randrange(1, 120))
+        for d, _, _ in (c_side, py_side):
+            d.pending.extend(recipe(d) for recipe in recipes)
+            d.drain()
+            assert not d.pending
+    for (c, m), c_agg in c_side[0]._test_aggs.items():  # type: ignore[attr-defined]
+        py_agg = py_side[0]._test_aggs[(c, m)]  # type: ignore[attr-defined]
+        assert c_agg.counts == py_agg.counts
+        assert c_agg.sum == py_agg.sum
+        assert c_agg.exemplars == py_agg.exemplars
+    assert c_side[2] == py_side[2] and c_side[2]  # some odd items did fail, on both sides
+    assert in_c[0] > in_c[1] / 2  # most took the C path (it stops at an odd item per batch)
+    assert [[r.end_wall_ns for r in batch] for batch in c_side[1]] == \
+        [[r.end_wall_ns for r in batch] for batch in py_side[1]]
+
+
+def test_a_failing_c_fold_is_counted_and_the_loop_folds_the_rest() -> None:
+    class Raising:
+        def fold(self, *args: Any) -> int:
+            raise MemoryError
+
+    d, _, errors = _deferred(True)
+    _setup(d)
+    d._folder = Raising()
+    agg = d._test_aggs[("server", 0)]  # type: ignore[attr-defined]
+    d.pending.extend([agg, agg])
+    d.drain()
+    assert errors == ["metrics"] and agg.counts[0] == 2

@@ -17,3 +17,16 @@ class LineEncoder:
     ) -> None: ...
     def encode(self, record: Any) -> str: ...
     def line(self, record: Any) -> str: ...
+
+class Folder:
+    def __init__(
+        self,
+        aggregate_type: type,
+        record_type: type,
+        info_type: type,
+        bounds: list[float],
+        code_index: dict[str, int],
+        exemplars: bool,
+        layout: tuple[int, int, int, int, int, int],
+    ) -> None: ...
+    def fold(self, pending: Any, n: int, out: list[Any] | None, components: Any) -> int: ...
