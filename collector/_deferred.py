@@ -18,9 +18,10 @@ them into counters and histogram buckets happens in batches, warm, under one loc
   metrics are never dropped.
 
 The same batch hands finished records on to the access log (``forward``), so a call costs one
-append for metrics and log together. The fold loop itself runs in C when ``rpcscope._speedups``
-was built (``Folder``: ~1.5k instead of ~5.5k instructions per call, callgrind); the loop in
-:meth:`DeferredMetrics.drain` stays the reference and takes every item the C side hands back. prometheus_client still does the registry, the families,
+append for metrics and log together. The fold loop itself runs in C when
+``rpcscope._speedups`` was built (``Folder``: ~1.5k instead of ~5.5k instructions per call,
+callgrind); the loop in :meth:`DeferredMetrics.drain` stays the reference and takes every
+item the C side hands back. prometheus_client still does the registry, the families,
 text and OpenMetrics exposition with exemplars, and content negotiation. In multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``) the lock-based metrics of ``_metrics.py`` are used instead,
 because only they write the shared mmap files.
