@@ -1,5 +1,6 @@
 /*
- * rpcscope._speedups: the access log's common line (a successful call), encoded in C.
+ * rpcscope._speedups: the access log's common line (a successful call), encoded in C; and
+ * (Folder, further down) the metrics fold's loop.
  *
  * Why by hand, in C: the log writer runs in the observed service's process, so its CPU is the
  * service's CPU. The pure-Python encoder (exporters/_jsonline.py, CallLineEncoder.encode_python)
