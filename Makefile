@@ -12,9 +12,9 @@ BENCH_ARGS ?=
 
 # The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool, and
 # Ruby (the Fluentd config's record_transformer expressions are evaluated on sample records);
-# and a C compiler with Python's headers, for the C line encoder (rpcscope._speedups), which
-# the suite requires so that both encoders are tested (without them the install still works,
-# pure-Python).
+# and a C compiler with Python's headers, for the C speedups (rpcscope._speedups: log line
+# encoder and metrics fold), which the suite requires so that both the C and the Python code
+# are tested (without them the install still works, pure-Python).
 OS_PACKAGES := prometheus prometheus-alertmanager ruby gcc libc6-dev python3-dev
 HAS_PYTHON_H = $(PYTHON) -c 'import os, sys, sysconfig; \
   sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
@@ -68,7 +68,7 @@ generate: venv
 check-generated: venv
 	$(PY) tools/generate.py --check
 
-# RPCSCOPE_REQUIRE_SPEEDUPS: the C encoder's tests fail, not skip, when it was not built.
+# RPCSCOPE_REQUIRE_SPEEDUPS: the C speedups' tests fail, not skip, when they were not built.
 unit: venv
 	RPCSCOPE_REQUIRE_SPEEDUPS=1 $(VENV)/bin/pytest -q
 
@@ -77,7 +77,8 @@ test: os-deps venv speedups lint check-generated unit
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# Instruction counts under valgrind's callgrind (deterministic; see bench/instructions.py).
+# Instruction counts under valgrind's callgrind (they repeat to a few percent; see
+# bench/instructions.py).
 bench-instructions: venv
 	@if ! command -v callgrind_control >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -22,7 +22,9 @@ call; with no wake-up at all, a whole phase's records would wait in memory and t
 collector be overcharged instead (metrics alone: +18.8k instructions per call at 6 s, +24.0k
 with one batch per phase). Two sync runs on the same code and settings gave bare 360.9k and
 359.8k instructions per call, py-grpc-prometheus +95.2k and +97.6k, and rpcscope-full 0.77
-and 0.74 of py-grpc-prometheus: differences of a few percent, not tens.
+and 0.74 of py-grpc-prometheus: differences of a few percent, not tens. Over five runs (on
+several versions of the code) bare ranged 359.8k-369.3k: 2.6%, which is ~9k per call, so
+a ratio against extras of ~40k is good to about +-0.05.
 
     make bench-instructions          # needs Debian's valgrind (the target installs it)
     .venv/bin/python bench/instructions.py [--calls 1000] [--modes sync,aio] [--out FILE]

@@ -523,6 +523,17 @@ class MetadataPicker:
         return tuple(picked) if picked else None
 
 
+def prepare_for_log(record: CallRecord, pick: MetadataPicker,
+                    on_error: Callable[[str], None]) -> None:
+    """What the log writer does to a handed-over call record before encoding it, whatever the
+    sink: the deadline from the kept CallDetails, the raw metadata picked (allowlist,
+    redaction). The C line encoder does the same without keeping the picked tuple."""
+    if record.call_details is not None:
+        resolve_deadline(record, on_error)
+    if record.metadata is not None:
+        record.metadata = pick(record.metadata)
+
+
 def resolve_deadline(record: CallRecord, on_error: Callable[[str], None]) -> None:
     """Turn a sync call's kept ``CallDetails`` into its remaining time at the start (seconds).
 

@@ -34,7 +34,7 @@ from rpcscope.collector._core import (
     MetadataPicker,
     MethodInfo,
     deadline_seconds,
-    resolve_deadline,
+    prepare_for_log,
     resolve_ids,
 )
 from rpcscope.exporters._ecs import NUMERIC_CODE, Identity, call_document, encode_json
@@ -49,10 +49,10 @@ _SPEEDUPS: Final = _core.load_speedups()
 class CallLineEncoder:
     """Encodes call records to the same JSON ``call_document`` + ``encode_json`` would produce.
 
-    :attr:`encode` is the C encoder of ``rpcscope._speedups`` when it was built, else
-    :meth:`encode_python`. The C one handles the common line itself and hands everything else
-    back to :meth:`encode_python` and to the cache-filling methods below, so both write the
-    same bytes (tests/test_speedups.py compares them on generated records).
+    :attr:`line` (what the log writer calls) is the C encoder of ``rpcscope._speedups`` when
+    it was built, else :meth:`line_python`. The C one handles the common line itself and hands
+    everything else back to :meth:`line_python` and to the cache-filling methods below, so
+    both write the same bytes (tests/test_speedups.py compares them on generated records).
     """
 
     def __init__(self, identity: Identity, pick: MetadataPicker | None = None,
@@ -64,26 +64,23 @@ class CallLineEncoder:
         # line would be a system call per line).
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget(ref))
-        # The C encoder reads these dicts; they are cleared, never replaced.
+        # The C encoder reads _static and _peers; they are cleared, never replaced.
         self._static: dict[int, tuple[MethodInfo, tuple[str, str, str, str]]] = {}
         self._peers: dict[str, dict[str, str]] = {}  # component -> peer -> fragment
         self._metadatas: dict[tuple[tuple[str, str], ...], str] = {}
         self._second = -1
         self._second_text = ""
-        self.encode: Callable[[CallRecord], str] = self.encode_python
         self.line: Callable[[CallRecord], str] = self.line_python
         if speedups and _SPEEDUPS is not None:
-            fast = _SPEEDUPS.LineEncoder(
-                self, CallRecord, self._static, self._peers, self._metadatas, _core._SPAN_IDS,
-                _core._TRACE_IDS, _core.parse_traceparent, _core._traceparent_of,
-                self._pick.allow, self._on_error,
-            )
-            self.encode, self.line = fast.encode, fast.line
+            self.line = _SPEEDUPS.LineEncoder(
+                self, CallRecord, self._static, self._peers, _core._SPAN_IDS, _core._TRACE_IDS,
+                _core.parse_traceparent, _core._traceparent_of, self._pick.allow, self._on_error,
+            ).line
 
     @property
     def accelerated(self) -> bool:
-        """Whether :attr:`encode` and :attr:`line` are the C encoder's."""
-        return self.encode != self.encode_python
+        """Whether :attr:`line` is the C encoder's."""
+        return self.line != self.line_python
 
     def line_python(self, record: CallRecord) -> str:
         """A call record as the writer hands it over (raw metadata, kept CallDetails), picked,
@@ -91,11 +88,8 @@ class CallLineEncoder:
         metadata is what was logged, or (C encoder) still raw: picking it gives what was
         logged (picking is idempotent). The C encoder takes the logged pairs straight from
         the raw ones, sparing a tuple per call and the hashing of grpc's fresh strings."""
-        if record.call_details is not None:
-            resolve_deadline(record, self._on_error)
-        if record.metadata is not None:
-            record.metadata = self._pick(record.metadata)
-        return self.encode_python(record)
+        prepare_for_log(record, self._pick, self._on_error)
+        return self.encode(record)
 
     def _timestamp_prefix(self, second: int) -> str:
         """The line's start up to the second: ``{"@timestamp":"2026-11-26T14:00:00.``."""
@@ -146,7 +140,8 @@ class CallLineEncoder:
         peers[peer] = fragment
         return fragment
 
-    def encode_python(self, record: CallRecord) -> str:
+    def encode(self, record: CallRecord) -> str:
+        """A prepared record's line (see :meth:`line_python`)."""
         # Every line costs this once, with cold caches, so it is written flat: no helper
         # calls on the common path (cached template, peer and metadata fragments), one
         # f-string at the end (a ``%``-template would rescan the static text per line).

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
-from rpcscope.collector._core import CallRecord, MetadataPicker, resolve_deadline
+from rpcscope.collector._core import CallRecord, MetadataPicker, prepare_for_log
 from rpcscope.exporters._ecs import (
     Identity,
     call_document,
@@ -265,10 +265,7 @@ class LogPipe:
                             else encode_json(log_record_document(item, self._identity))
                         )
                     elif isinstance(item, CallRecord):
-                        if item.call_details is not None:
-                            resolve_deadline(item, self._field_error)
-                        if item.metadata is not None:
-                            item.metadata = self._pick_metadata(item.metadata)
+                        prepare_for_log(item, self._pick_metadata, self._field_error)
                         documents.append(call_document(item, self._identity))
                     else:
                         documents.append(log_record_document(item, self._identity))

@@ -227,15 +227,18 @@ def test_most_generated_lines_take_the_c_path(monkeypatch: pytest.MonkeyPatch) -
 def test_c_lines_do_not_leak() -> None:
     """Every reference the C side takes per line is given back: 20,000 lines (every C path:
     deadline from CallDetails, logged and redacted metadata, a caller's traceparent, fresh
-    ids) leave no memory behind. A leak of one object per line would be about a megabyte
-    here. (All of them take the C path: the test above checks the C side hands little back.)"""
+    ids, a new second every other line) leave no memory behind, and the shared objects they
+    use (method info, cached template and peer fragment) keep their reference counts. A leak
+    of one object per line would be about a megabyte here; a reference leaked on a shared
+    object shows in its count."""
     encoder = CallLineEncoder(Identity("svc", None, None), MetadataPicker(_ALLOW))
     info = MethodInfo("server", "/pkg.V1/Get", "pkg.V1", "Get", "unary", None)
 
     def lines(count: int, first: int) -> None:
         for number in range(first, first + count):
             record = CallRecord(info, "ipv4:127.0.0.1:1")
-            record.end_wall_ns, record.duration_ns = 1_764_000_000_123_456_789, 12_345
+            record.end_wall_ns = 1_764_000_000_123_456_789 + number // 2 * 10**9
+            record.duration_ns = 12_345
             raw = (Metadatum("user-agent", "ua"), Metadatum("traceparent", _VALID),
                    Metadatum("authorization", "x"), Metadatum("other", 7))
             record.metadata = raw
@@ -244,6 +247,9 @@ def test_c_lines_do_not_leak() -> None:
             encoder.line(record)
 
     lines(2_000, 0)  # caches and id blocks warm
+    template = encoder._static[id(info)][1]
+    shared = (info, template, *template, encoder._peers["server"]["ipv4:127.0.0.1:1"])
+    counts = [sys.getrefcount(o) for o in shared]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -252,6 +258,7 @@ def test_c_lines_do_not_leak() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 64 * 1024
+    assert [sys.getrefcount(o) for o in shared] == counts
 
 
 def test_pure_python_switch() -> None:
@@ -380,3 +387,14 @@ def test_a_failing_c_fold_is_counted_and_the_loop_folds_the_rest() -> None:
     d.pending.extend([agg, agg])
     d.drain()
     assert errors == ["metrics"] and agg.counts[0] == 2
+
+
+def test_bounds_c_cannot_compare_exactly_leave_the_fold_to_python() -> None:
+    d = DeferredMetrics(None, [0.1, 2**60], exemplars=False, interval=3600)
+    assert d._folder is None
+    agg = d.for_method("server", ("unary", "s.S", "M"))
+    record = CallRecord(MethodInfo("server", "/s.S/M", "s.S", "M", "unary", agg))
+    record.duration_ns = 10**9
+    d.pending.extend([agg, record])
+    d.drain()
+    assert agg.counts[0] == 1 and agg.counts[-2] == 1  # started; in the (0.1, 2**60] bucket

@@ -3,7 +3,7 @@
  * (Folder, further down) the metrics fold's loop.
  *
  * Why by hand, in C: the log writer runs in the observed service's process, so its CPU is the
- * service's CPU. The pure-Python encoder (exporters/_jsonline.py, CallLineEncoder.encode_python)
+ * service's CPU. The pure-Python encoder (exporters/_jsonline.py, CallLineEncoder.line_python)
  * is already a handful of cached fragments spliced by one f-string, and it still cost about
  * half of all of rpcscope's extra instructions per call (bench/instructions.py). No JSON
  * library helps: the cost is not escaping (the fragments are pre-escaped and cached) but the
@@ -25,15 +25,24 @@
 
 static PyObject *s_code, *s_info, *s_end_wall_ns, *s_duration_ns, *s_msgs_in, *s_msgs_out,
     *s_peer, *s_deadline, *s_trace, *s_metadata, *s_component, *s_last, *s_id_of,
-    *s_encode_python, *s_template, *s_peer_fragment, *s_metadata_fragment, *s_timestamp_prefix, *s_metadata_piece,
-    *s_call_details, *s_line_python, *s_log_deadline, *s_redacted, *s_zero, *s_1e9;
+    *s_template, *s_peer_fragment, *s_timestamp_prefix, *s_metadata_piece, *s_call_details,
+    *s_line_python, *s_log_deadline, *s_redacted, *s_zero, *s_1e9;
+
+/*
+ * Where CallRecord's __slots__ sit in an instance (its member descriptors' offsets): reading
+ * them directly skips an attribute lookup per field. Both types below use them, and only on
+ * exact CallRecords.
+ */
+typedef struct {
+    Py_ssize_t code, info, end_wall_ns, duration_ns, msgs_in, msgs_out, peer, deadline, trace,
+        metadata, call_details;
+} RecordSlots;
 
 typedef struct {
     PyObject_HEAD
     PyObject *py;                /* the Python CallLineEncoder: reference, and cache filler */
     PyObject *statics;           /* its dict: id(info) -> (info, (p1, p2, p3, p4)) */
     PyObject *peers;             /* its dict: component -> {peer: fragment} */
-    PyObject *metadatas;         /* its dict: picked metadata -> fragment */
     PyObject *pieces;            /* ours: allowed key -> (value or None if redacted, piece) */
     PyObject *span_ids;          /* collector._core._IdSource of span ids */
     PyObject *trace_ids;         /* ... of trace ids */
@@ -42,10 +51,7 @@ typedef struct {
     PyObject *record_type;       /* collector._core.CallRecord */
     PyObject *allow;             /* MetadataPicker's {key: redact?} */
     PyObject *on_error;          /* on_error("log:deadline"): a record lost its deadline */
-    /* Where CallRecord's slots sit in an instance (its member descriptors' offsets): reading
-     * them directly skips an attribute lookup per field. Used only for exact CallRecords. */
-    Py_ssize_t off_code, off_info, off_end_wall_ns, off_duration_ns, off_msgs_in, off_msgs_out,
-        off_peer, off_deadline, off_trace, off_metadata, off_call_details;
+    RecordSlots rec;
     long long span_per, span_width, trace_per, trace_width;
     long long second;
     PyObject *second_text;
@@ -86,22 +92,25 @@ put_padded(char *buf, long long v, int width)
     }
 }
 
-/* An exact, non-negative int that fits: 1 (stored), 0 (not the common case). */
+/* An exact int in [lo, hi]: 1 (stored), 0 (not the common case). */
 static int
-exact_nonneg(PyObject *o, long long *out)
+exact_int(PyObject *o, long long lo, long long hi, long long *out)
 {
     int overflow = 0;
     long long v;
     if (!PyLong_CheckExact(o))
         return 0;
     v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow || v < 0) {
+    if (overflow || v < lo || v > hi) {
         PyErr_Clear();
         return 0;
     }
     *out = v;
     return 1;
 }
+
+#define exact_nonneg(o, out) exact_int((o), 0, LLONG_MAX, (out))
+#define INT53 (1LL << 53) /* ints up to this are exactly doubles */
 
 static int
 is_lhex(Py_UCS1 c)
@@ -300,18 +309,18 @@ resolve(LineEncoder *self, PyObject *trace, PyObject **trace_id, PyObject **span
     return 0;
 }
 
-/* A cached fragment from dict[key], or the Python encoder's method(key...) on a miss. */
+/* The peer's cached fragment (CallLineEncoder._peers), or CallLineEncoder._peer on a miss. */
 static PyObject *
-fragment(PyObject *cache, PyObject *key, PyObject *py, PyObject *method, PyObject *arg0)
+peer_fragment(LineEncoder *self, PyObject *component, PyObject *peer)
 {
-    PyObject *hit = cache == NULL ? NULL : PyDict_GetItemWithError(cache, key);
+    PyObject *by_peer = PyDict_GetItemWithError(self->peers, component), *hit = NULL;
+    if (by_peer != NULL && PyDict_CheckExact(by_peer))
+        hit = PyDict_GetItemWithError(by_peer, peer);
     if (hit != NULL)
         return Py_NewRef(hit);
     if (PyErr_Occurred())
         return NULL;
-    if (arg0 == NULL)
-        return PyObject_CallMethodOneArg(py, method, key);
-    return PyObject_CallMethodObjArgs(py, method, arg0, key, NULL);
+    return PyObject_CallMethodObjArgs(self->py, s_peer_fragment, component, peer, NULL);
 }
 
 /*
@@ -392,17 +401,16 @@ error:
 }
 
 /*
- * A record's line. raw = 0 (encode): record.metadata is picked already, and anything not ours
- * goes to CallLineEncoder.encode_python; raw = 1 (line, after the deadline): record.metadata is
- * grpc's raw metadata, left as it is, and anything not ours goes to line_python.
+ * A record's line, after its deadline was resolved: record.metadata is grpc's raw metadata,
+ * left as it is; anything not ours goes to CallLineEncoder.line_python.
  */
 static PyObject *
-encode_impl(LineEncoder *self, PyObject *record, int raw)
+encode_impl(LineEncoder *self, PyObject *record)
 {
     PyObject *code = NULL, *info = NULL, *pieces = NULL, *component = NULL, *peer = NULL,
              *peer_part = NULL, *deadline = NULL, *trace = NULL, *trace_id = NULL,
-             *span_id = NULL, *parent_id = NULL, *metadata = NULL, *metadata_part = NULL,
-             *obj = NULL, *stamp = NULL, *result = NULL;
+             *span_id = NULL, *parent_id = NULL, *metadata = NULL, *obj = NULL, *stamp = NULL,
+             *result = NULL;
     char *deadline_text = NULL;
     long long end_wall_ns, duration, msgs_in, msgs_out, second, micros, us;
     char scratch[160];
@@ -412,10 +420,10 @@ encode_impl(LineEncoder *self, PyObject *record, int raw)
     PyObject *meta[MAX_META];
     int n_meta = 0;
 
-    /* Slots are read in place (see off_*), so only an exact CallRecord is ours. */
+    /* Slots are read in place (see RecordSlots), so only an exact CallRecord is ours. */
 #define GET(var, name)                                                               \
     do {                                                                             \
-        var = *(PyObject **)((char *)record + self->off_##name);                     \
+        var = *(PyObject **)((char *)record + self->rec.name);                       \
         if (var == NULL) /* an unset slot: Python raises what it raises */           \
             goto delegate;                                                           \
         Py_INCREF(var);                                                              \
@@ -491,14 +499,10 @@ encode_impl(LineEncoder *self, PyObject *record, int raw)
         if (!PyUnicode_CheckExact(peer))
             goto delegate;
         if (PyUnicode_GET_LENGTH(peer) > 0) {
-            PyObject *by_peer;
             component = PyObject_GetAttr(info, s_component);
             if (component == NULL)
                 goto done;
-            by_peer = PyDict_GetItemWithError(self->peers, component);
-            if (by_peer == NULL && PyErr_Occurred())
-                goto done;
-            peer_part = fragment(by_peer, peer, self->py, s_peer_fragment, component);
+            peer_part = peer_fragment(self, component, peer);
             if (peer_part == NULL)
                 goto done;
             if (!PyUnicode_CheckExact(peer_part))
@@ -530,28 +534,15 @@ encode_impl(LineEncoder *self, PyObject *record, int raw)
     }
 
     GET(metadata, metadata);
-    if (raw) {
-        if (metadata != Py_None) {
-            int r = raw_pieces(self, metadata, meta, &n_meta);
-            if (r < 0)
-                goto done;
-            if (r == 0)
-                goto delegate;
-        }
-    } else if (metadata != Py_None) {
-        if (!PyTuple_CheckExact(metadata))
+    if (metadata != Py_None) {
+        int r = raw_pieces(self, metadata, meta, &n_meta);
+        if (r < 0)
+            goto done;
+        if (r == 0)
             goto delegate;
-        if (PyTuple_GET_SIZE(metadata) > 0) {
-            metadata_part = fragment(self->metadatas, metadata, self->py, s_metadata_fragment,
-                                     NULL);
-            if (metadata_part == NULL)
-                goto done;
-            if (!PyUnicode_CheckExact(metadata_part))
-                goto delegate;
-        }
     }
 
-    /* The line, in the order of CallLineEncoder.encode_python's f-string. */
+    /* The line, in the order of CallLineEncoder.encode's f-string. */
     us = (duration + 500) / 1000;
     STR(stamp);
     put_padded(at, micros, 6);
@@ -602,8 +593,6 @@ encode_impl(LineEncoder *self, PyObject *record, int raw)
         }
         LIT("\"");
     }
-    if (metadata_part != NULL)
-        STR(metadata_part);
     for (int i = 0; i < n_meta; i++) {
         if (i == 0)
             LIT(",\"grpc.request.metadata\":{");
@@ -656,7 +645,7 @@ encode_impl(LineEncoder *self, PyObject *record, int raw)
 
 delegate:
     PyErr_Clear();
-    result = PyObject_CallMethodOneArg(self->py, raw ? s_line_python : s_encode_python, record);
+    result = PyObject_CallMethodOneArg(self->py, s_line_python, record);
 done:
     Py_XDECREF(code);
     Py_XDECREF(info);
@@ -670,7 +659,6 @@ done:
     Py_XDECREF(span_id);
     Py_XDECREF(parent_id);
     Py_XDECREF(metadata);
-    Py_XDECREF(metadata_part);
     while (n_meta > 0)
         Py_DECREF(meta[--n_meta]);
     Py_XDECREF(obj);
@@ -709,12 +697,12 @@ get_ll_attr(PyObject *o, const char *name, long long *out)
 static int
 resolve_deadline(LineEncoder *self, PyObject *record, PyObject *details)
 {
-    PyObject *end = SLOT(record, self->off_end_wall_ns),
-             *duration = SLOT(record, self->off_duration_ns), *absolute = NULL,
+    PyObject *end = SLOT(record, self->rec.end_wall_ns),
+             *duration = SLOT(record, self->rec.duration_ns), *absolute = NULL,
              *start = NULL, *remaining = NULL;
     int r;
-    Py_CLEAR(SLOT(record, self->off_call_details)); /* the caller holds details */
-    SLOT(record, self->off_call_details) = Py_NewRef(Py_None);
+    Py_CLEAR(SLOT(record, self->rec.call_details)); /* the caller holds details */
+    SLOT(record, self->rec.call_details) = Py_NewRef(Py_None);
     if (end == NULL || duration == NULL) {
         PyErr_SetString(PyExc_AttributeError, "record without end_wall_ns / duration_ns");
         goto failed;
@@ -734,7 +722,7 @@ resolve_deadline(LineEncoder *self, PyObject *record, PyObject *details)
         goto failed;
     if (r)
         Py_SETREF(remaining, Py_NewRef(s_zero));
-    Py_XSETREF(SLOT(record, self->off_deadline), remaining);
+    Py_XSETREF(SLOT(record, self->rec.deadline), remaining);
     Py_DECREF(start);
     Py_DECREF(absolute);
     return 0;
@@ -765,7 +753,7 @@ LineEncoder_line(LineEncoder *self, PyObject *record)
     PyObject *details;
     if (Py_TYPE(record) != (PyTypeObject *)self->record_type)
         return PyObject_CallMethodOneArg(self->py, s_line_python, record);
-    details = SLOT(record, self->off_call_details);
+    details = SLOT(record, self->rec.call_details);
     if (details != NULL && details != Py_None) {
         int r;
         Py_INCREF(details);
@@ -774,13 +762,7 @@ LineEncoder_line(LineEncoder *self, PyObject *record)
         if (r < 0)
             return NULL;
     }
-    return encode_impl(self, record, 1);
-}
-
-static PyObject *
-LineEncoder_encode(LineEncoder *self, PyObject *record)
-{
-    return encode_impl(self, record, 0);
+    return encode_impl(self, record);
 }
 
 /* The instance offset of a __slots__ member of type, or -1 with an error. */
@@ -798,24 +780,10 @@ slot_offset(PyObject *type, PyObject *name)
 }
 
 static int
-LineEncoder_init(LineEncoder *self, PyObject *args, PyObject *kwds)
+record_slots(PyObject *type, RecordSlots *slots)
 {
-    static char *kwlist[] = {"encoder", "record_type", "statics", "peers", "metadatas",
-                             "span_ids", "trace_ids", "parse_traceparent", "traceparent_of",
-                             "allow", "on_error", NULL};
-    PyObject *py, *record_type, *statics, *peers, *metadatas, *span_ids, *trace_ids, *parse,
-        *tp_of, *allow, *on_error, *pieces;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!OOOOO!O", kwlist, &py,
-                                     &PyType_Type, &record_type, &PyDict_Type, &statics,
-                                     &PyDict_Type, &peers, &PyDict_Type, &metadatas, &span_ids,
-                                     &trace_ids, &parse, &tp_of, &PyDict_Type, &allow,
-                                     &on_error))
-        return -1;
-    if ((pieces = PyDict_New()) == NULL)
-        return -1;
-    Py_XSETREF(self->pieces, pieces);
 #define OFFSET(name)                                                         \
-    if ((self->off_##name = slot_offset(record_type, s_##name)) < 0)         \
+    if ((slots->name = slot_offset(type, s_##name)) < 0)                     \
         return -1;
     OFFSET(code);
     OFFSET(info);
@@ -829,6 +797,27 @@ LineEncoder_init(LineEncoder *self, PyObject *args, PyObject *kwds)
     OFFSET(metadata);
     OFFSET(call_details);
 #undef OFFSET
+    return 0;
+}
+
+static int
+LineEncoder_init(LineEncoder *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"encoder", "record_type", "statics", "peers", "span_ids",
+                             "trace_ids", "parse_traceparent", "traceparent_of", "allow",
+                             "on_error", NULL};
+    PyObject *py, *record_type, *statics, *peers, *span_ids, *trace_ids, *parse, *tp_of, *allow,
+        *on_error, *pieces;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!OOOOO!O", kwlist, &py, &PyType_Type,
+                                     &record_type, &PyDict_Type, &statics, &PyDict_Type, &peers,
+                                     &span_ids, &trace_ids, &parse, &tp_of, &PyDict_Type, &allow,
+                                     &on_error))
+        return -1;
+    if (record_slots(record_type, &self->rec) < 0)
+        return -1;
+    if ((pieces = PyDict_New()) == NULL)
+        return -1;
+    Py_XSETREF(self->pieces, pieces);
     Py_XSETREF(self->allow, Py_NewRef(allow));
     Py_XSETREF(self->on_error, Py_NewRef(on_error));
     Py_XSETREF(self->record_type, Py_NewRef(record_type));
@@ -840,7 +829,6 @@ LineEncoder_init(LineEncoder *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->py, Py_NewRef(py));
     Py_XSETREF(self->statics, Py_NewRef(statics));
     Py_XSETREF(self->peers, Py_NewRef(peers));
-    Py_XSETREF(self->metadatas, Py_NewRef(metadatas));
     Py_XSETREF(self->span_ids, Py_NewRef(span_ids));
     Py_XSETREF(self->trace_ids, Py_NewRef(trace_ids));
     Py_XSETREF(self->parse_traceparent, Py_NewRef(parse));
@@ -860,7 +848,6 @@ LineEncoder_traverse(LineEncoder *self, visitproc visit, void *arg)
     Py_VISIT(self->on_error);
     Py_VISIT(self->statics);
     Py_VISIT(self->peers);
-    Py_VISIT(self->metadatas);
     Py_VISIT(self->span_ids);
     Py_VISIT(self->trace_ids);
     Py_VISIT(self->parse_traceparent);
@@ -878,7 +865,6 @@ LineEncoder_clear(LineEncoder *self)
     Py_CLEAR(self->on_error);
     Py_CLEAR(self->statics);
     Py_CLEAR(self->peers);
-    Py_CLEAR(self->metadatas);
     Py_CLEAR(self->span_ids);
     Py_CLEAR(self->trace_ids);
     Py_CLEAR(self->parse_traceparent);
@@ -896,8 +882,6 @@ LineEncoder_dealloc(LineEncoder *self)
 }
 
 static PyMethodDef LineEncoder_methods[] = {
-    {"encode", (PyCFunction)LineEncoder_encode, METH_O,
-     "encode(record) -> str: the record's JSON line (see CallLineEncoder.encode_python)."},
     {"line", (PyCFunction)LineEncoder_line, METH_O,
      "line(record) -> str: deadline, then the line with raw metadata (see line_python)."},
     {NULL, NULL, 0, NULL},
@@ -931,8 +915,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *aggregate_type, *record_type, *info_type, *code_index;
     Py_ssize_t off_counts, off_sum, off_exemplars;            /* MethodAggregate */
-    Py_ssize_t off_info, off_code, off_msgs_in, off_msgs_out, off_duration_ns, off_trace,
-        off_end_wall_ns;                                       /* CallRecord */
+    RecordSlots rec;                                           /* CallRecord */
     Py_ssize_t off_metrics, off_component;                     /* MethodInfo */
     Py_ssize_t started, received, sent, handled, buckets, unknown_code;
     int exemplars;
@@ -942,9 +925,7 @@ typedef struct {
 
 static PyObject *s_counts, *s_sum, *s_exemplars, *s_metrics, *s_popleft, *s_appendleft, *s_one;
 
-static Py_ssize_t slot_offset(PyObject *type, PyObject *name);
-
-/* counts[k] += delta, for an exact list of exact ints (checked by the caller). */
+/* counts[k] += delta, for an exact list whose item k is an exact int (checked by the caller). */
 static int
 add_count(PyObject *counts, Py_ssize_t k, PyObject *delta)
 {
@@ -953,23 +934,6 @@ add_count(PyObject *counts, Py_ssize_t k, PyObject *delta)
         return -1;
     Py_SETREF(PyList_GET_ITEM(counts, k), sum);
     return 0;
-}
-
-/* 1: exact int within +-2**53 (exactly a double); 0: not. */
-static int
-exact_int53(PyObject *o, long long *out)
-{
-    int overflow = 0;
-    long long v;
-    if (!PyLong_CheckExact(o))
-        return 0;
-    v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow || v > (1LL << 53) || v < -(1LL << 53)) {
-        PyErr_Clear();
-        return 0;
-    }
-    *out = v;
-    return 1;
 }
 
 /*
@@ -985,7 +949,7 @@ fold_record(Folder *self, PyObject *item, PyObject *out, PyObject *components)
     double seconds;
     Py_ssize_t lo = 0, hi = self->n_bounds, need;
     int keep;
-    info = SLOT(item, self->off_info);
+    info = SLOT(item, self->rec.info);
     if (info == NULL || Py_TYPE(info) != (PyTypeObject *)self->info_type)
         return 0;
     agg = SLOT(info, self->off_metrics);
@@ -1001,16 +965,16 @@ fold_record(Folder *self, PyObject *item, PyObject *out, PyObject *components)
         || sum == NULL || !PyFloat_CheckExact(sum) || exemplars == NULL
         || !PyList_CheckExact(exemplars) || PyList_GET_SIZE(exemplars) < self->n_bounds + 1)
         return 0;
-    code = SLOT(item, self->off_code);
-    msgs_in = SLOT(item, self->off_msgs_in);
-    msgs_out = SLOT(item, self->off_msgs_out);
-    duration = SLOT(item, self->off_duration_ns);
-    trace = SLOT(item, self->off_trace);
-    end = SLOT(item, self->off_end_wall_ns);
+    code = SLOT(item, self->rec.code);
+    msgs_in = SLOT(item, self->rec.msgs_in);
+    msgs_out = SLOT(item, self->rec.msgs_out);
+    duration = SLOT(item, self->rec.duration_ns);
+    trace = SLOT(item, self->rec.trace);
+    end = SLOT(item, self->rec.end_wall_ns);
     if (code == NULL || !PyUnicode_CheckExact(code) || msgs_in == NULL
         || !PyLong_CheckExact(msgs_in) || msgs_out == NULL || !PyLong_CheckExact(msgs_out)
-        || duration == NULL || !exact_int53(duration, &ns) || trace == NULL || end == NULL
-        || !PyLong_CheckExact(end))
+        || duration == NULL || !exact_int(duration, -INT53, INT53, &ns) || trace == NULL
+        || end == NULL || !PyLong_CheckExact(end))
         return 0;
     index = PyDict_GetItemWithError(self->code_index, code); /* exact str: no Python code */
     if (index == NULL) {
@@ -1022,9 +986,20 @@ fold_record(Folder *self, PyObject *item, PyObject *out, PyObject *components)
     }
     if (self->handled + code_i >= self->buckets)
         return 0;
-    for (Py_ssize_t k = 0; k < need; k++)
-        if (!PyLong_CheckExact(PyList_GET_ITEM(counts, k)))
-            return 0;
+    seconds = (double)ns / 1e9;
+    while (lo < hi) { /* bisect_left */
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (self->bounds[mid] < seconds)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* The four counts this call adds to are ints (as the Python loop's += needs). */
+    if (!PyLong_CheckExact(PyList_GET_ITEM(counts, self->handled + code_i))
+        || !PyLong_CheckExact(PyList_GET_ITEM(counts, self->received))
+        || !PyLong_CheckExact(PyList_GET_ITEM(counts, self->sent))
+        || !PyLong_CheckExact(PyList_GET_ITEM(counts, self->buckets + lo)))
+        return 0;
     if (self->exemplars && trace != Py_None) {
         int overflow = 0;
         end_ns = PyLong_AsLongLongAndOverflow(end, &overflow);
@@ -1041,14 +1016,6 @@ fold_record(Folder *self, PyObject *item, PyObject *out, PyObject *components)
         keep = 0;
     }
     /* What the Python loop does, in its order. */
-    seconds = (double)ns / 1e9;
-    while (lo < hi) { /* bisect_left */
-        Py_ssize_t mid = (lo + hi) / 2;
-        if (self->bounds[mid] < seconds)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
     if (add_count(counts, self->handled + (Py_ssize_t)code_i, s_one) < 0
         || add_count(counts, self->received, msgs_in) < 0
         || add_count(counts, self->sent, msgs_out) < 0)
@@ -1151,16 +1118,11 @@ Folder_init(Folder *self, PyObject *args, PyObject *kwds)
     OFFSET(off_counts, agg_t, s_counts);
     OFFSET(off_sum, agg_t, s_sum);
     OFFSET(off_exemplars, agg_t, s_exemplars);
-    OFFSET(off_info, rec_t, s_info);
-    OFFSET(off_code, rec_t, s_code);
-    OFFSET(off_msgs_in, rec_t, s_msgs_in);
-    OFFSET(off_msgs_out, rec_t, s_msgs_out);
-    OFFSET(off_duration_ns, rec_t, s_duration_ns);
-    OFFSET(off_trace, rec_t, s_trace);
-    OFFSET(off_end_wall_ns, rec_t, s_end_wall_ns);
     OFFSET(off_metrics, info_t, s_metrics);
     OFFSET(off_component, info_t, s_component);
 #undef OFFSET
+    if (record_slots(rec_t, &self->rec) < 0)
+        return -1;
     PyMem_Free(self->bounds);
     self->n_bounds = PyList_GET_SIZE(bounds);
     self->bounds = PyMem_Malloc(sizeof(double) * (size_t)(self->n_bounds + 1));
@@ -1173,7 +1135,7 @@ Folder_init(Folder *self, PyObject *args, PyObject *kwds)
         long long v;
         if (PyFloat_CheckExact(b)) {
             self->bounds[i] = PyFloat_AS_DOUBLE(b);
-        } else if (exact_int53(b, &v)) {
+        } else if (exact_int(b, -INT53, INT53, &v)) {
             self->bounds[i] = (double)v;
         } else {
             PyErr_SetString(PyExc_TypeError, "bucket bounds must be floats or small ints");
@@ -1270,10 +1232,8 @@ PyInit__speedups(void)
     INTERN(s_component, "component");
     INTERN(s_last, "_last");
     INTERN(s_id_of, "id_of");
-    INTERN(s_encode_python, "encode_python");
     INTERN(s_template, "_template");
     INTERN(s_peer_fragment, "_peer");
-    INTERN(s_metadata_fragment, "_metadata");
     INTERN(s_timestamp_prefix, "_timestamp_prefix");
     INTERN(s_call_details, "call_details");
     INTERN(s_line_python, "line_python");

@@ -7,7 +7,6 @@ class LineEncoder:
         record_type: type,
         statics: dict[Any, Any],
         peers: dict[Any, Any],
-        metadatas: dict[Any, Any],
         span_ids: Any,
         trace_ids: Any,
         parse_traceparent: Any,
@@ -15,7 +14,6 @@ class LineEncoder:
         allow: dict[str, bool],
         on_error: Any,
     ) -> None: ...
-    def encode(self, record: Any) -> str: ...
     def line(self, record: Any) -> str: ...
 
 class Folder:
