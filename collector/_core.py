@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from time import monotonic, perf_counter_ns, time_ns
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -383,6 +384,10 @@ class Pipeline:
         py-grpc-prometheus reads grpc's private per-call state too; here a context without it
         (aio, another grpcio, a test double, a proxy) uses the public methods, and
         ``tests/test_sync_direct.py`` fails if the installed grpcio stops taking this path.
+
+        The server interceptors call this only for unusual calls when rpcscope._speedups is
+        built: its ``ServerPath`` does the common call (deferred metrics, ids mode, grpc's
+        usual context) in C and hands every other one here (:func:`server_path`).
         """
         record = CallRecord(info)
         try:
@@ -571,6 +576,27 @@ def _looks_secret(key: str) -> bool:
 
 
 HOSTNAME: Final = socket.gethostname()
+
+
+def server_path(pipe: Pipeline, finish: Callable[..., None], aio: bool, cancelled: str
+                ) -> tuple[Callable[..., CallRecord], Callable[..., None]]:
+    """A server interceptor's start and finish: ``pipe.start_server`` and ``finish`` (its
+    finisher), or, when rpcscope._speedups is built and metrics are deferred, its
+    ``ServerPath``, which does the common call (OK, ids mode, grpc's usual context) in C and
+    hands every other call to those two, the reference. Why: see ServerPath in _speedups.c."""
+    speedups = load_speedups()
+    if speedups is not None and pipe._deferred is not None:
+        try:
+            path = speedups.ServerPath(
+                pipe, CallRecord, MethodInfo, deque, CURRENT_IDS, next_call_number,
+                perf_counter_ns, time_ns, monotonic, pipe.start_server, finish, aio,
+                grpc.StatusCode.OK, cancelled,
+            )
+        except TypeError:  # a CallRecord or Pipeline of another shape: Python
+            _LOG.debug("rpcscope: C request path unavailable", exc_info=True)
+        else:
+            return path.start, path.finish
+    return pipe.start_server, finish
 
 
 def load_speedups() -> Any:

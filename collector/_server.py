@@ -22,6 +22,7 @@ from rpcscope.collector._core import (
     Pipeline,
     go_code,
     rpc_type,
+    server_path,
 )
 from rpcscope.collector._methods import MethodTable
 
@@ -67,7 +68,10 @@ def _finisher(pipe: Pipeline, aio: bool) -> _Finish:
     server); while the handler runs it is ``state.client != "cancelled"``, and
     py-grpc-prometheus reads ``context._state`` the same way. Contexts without that state
     (another grpcio, the proxy of :class:`_SyncOnAio`) are asked through the public methods.
-    The "Unknown" details are the ones grpc itself sends in each mode.
+    The "Unknown" details are the ones grpc itself sends in each mode. With rpcscope._speedups
+    built, the interceptors call this only for calls that did not end plainly OK (an error, a
+    status, a cancellation, a span): ``ServerPath.finish`` does the rest in C (see
+    :func:`~rpcscope.collector._core.server_path`).
     """
     errors, close = pipe.errors, pipe.finish
 
@@ -189,7 +193,8 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._finish: _Finish = _finisher(pipe, aio=False)
+        self._start, self._finish = server_path(pipe, _finisher(pipe, aio=False), False,
+                                                _CANCELLED)
         self._unimplemented: Any = None
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -308,7 +313,8 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._finish = _finisher(pipe, aio=True)
+        self._start, self._finish = server_path(pipe, _finisher(pipe, aio=True), True,
+                                                _CANCELLED)
         self._sync = _SyncOnAio(pipe, table)
         self._unimplemented: Any = None
 

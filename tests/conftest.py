@@ -107,6 +107,22 @@ def sync_channel() -> Iterator[Callable[..., grpc.Channel]]:
         channel.close()
 
 
+@pytest.fixture(params=["c", "python"])
+def request_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once with the server's request path in C (rpcscope._speedups.ServerPath)
+    and once in Python (the reference it hands unusual calls to): both must behave alike.
+    Without the extension built, the "c" run is the Python path too (``make test`` requires
+    the extension, so there it is C)."""
+    from rpcscope.collector import _server
+
+    if request.param == "python":
+        def python_path(pipe: Any, finish: Any, aio: bool, cancelled: str) -> Any:
+            return pipe.start_server, finish
+
+        monkeypatch.setattr(_server, "server_path", python_path)
+    return str(request.param)
+
+
 @pytest.fixture
 def handler_sleeping(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Set when a test-service handler starts a ``sleep:`` command (sync or aio).

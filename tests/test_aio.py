@@ -32,7 +32,7 @@ async def wait_handled(registry: object, side: str, kind: str, code: str,
 
 @pytest.mark.parametrize("outcome", list(OUTCOMES), ids=str)
 @pytest.mark.parametrize("kind", KINDS)
-def test_aio_call_telemetry(kind: str, outcome: str, scope: rpcscope.Scope,
+def test_aio_call_telemetry(kind: str, outcome: str, scope: rpcscope.Scope, request_path: str,
                             handler_sleeping: threading.Event) -> None:
     o = OUTCOMES[outcome]
 

@@ -294,6 +294,11 @@ def test_unreadable_deadline_loses_that_field_not_the_record(
         return record
 
     monkeypatch.setattr(Pipeline, "start_server", start_with_unreadable_details)
+    # The Python start (the C request path, rpcscope._speedups.ServerPath, would not call it).
+    from rpcscope.collector import _server
+
+    monkeypatch.setattr(_server, "server_path", lambda pipe, finish, *_: (pipe.start_server,
+                                                                          finish))
     scope = make_scope()
     unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
     assert unary(b"ok", timeout=30) == b"reply:ok"

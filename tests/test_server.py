@@ -21,7 +21,7 @@ from rpcscope.testing import CaptureSink, sample_value, series, wait_for_logs, w
 
 @pytest.mark.parametrize("outcome", list(OUTCOMES), ids=str)
 @pytest.mark.parametrize("kind", KINDS)
-def test_sync_call_telemetry(kind: str, outcome: str, scope: rpcscope.Scope,
+def test_sync_call_telemetry(kind: str, outcome: str, scope: rpcscope.Scope, request_path: str,
                              serve_sync: Callable[..., int],
                              sync_channel: Callable[..., grpc.Channel],
                              handler_sleeping: threading.Event) -> None:

@@ -9,17 +9,21 @@ metadata, resolved deadline) and on the errors reported.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
+from collections import deque
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+import grpc
 import pytest
 
 from rpcscope.collector._core import CallRecord, MetadataPicker, MethodInfo
@@ -398,3 +402,271 @@ def test_bounds_c_cannot_compare_exactly_leave_the_fold_to_python() -> None:
     d.pending.extend([agg, record])
     d.drain()
     assert agg.counts[0] == 1 and agg.counts[-2] == 1  # started; in the (0.1, 2**60] bucket
+
+
+# -- the server request path ------------------------------------------------------------------
+
+_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+_MD = (Metadatum("user-agent", "ua/1"), Metadatum("traceparent", _TRACEPARENT))
+_VOLATILE = ("start_ns", "duration_ns", "end_wall_ns", "trace", "ids_token")
+
+
+@pytest.fixture(autouse=True)
+def _own_trace_context() -> Any:
+    """Starts without a finish leave this thread's trace ids set: undo that for later tests."""
+    from rpcscope.collector._core import CURRENT_IDS
+
+    token = CURRENT_IDS.set(None)
+    yield
+    CURRENT_IDS.reset(token)
+
+
+class _Call:
+    def __init__(self, peer: Any = b"ipv4:127.0.0.1:5000") -> None:
+        self._peer = peer
+
+    def peer(self) -> Any:
+        return self._peer
+
+
+class _SyncContext:
+    """grpc's sync context as the request path reads it: ``_rpc_event`` and ``_state``."""
+
+    def __init__(self, peer: Any = b"ipv4:127.0.0.1:5000", metadata: Any = _MD) -> None:
+        self._rpc_event = SimpleNamespace(invocation_metadata=metadata, call=_Call(peer),
+                                          call_details=SimpleNamespace(deadline=None))
+        self._state = SimpleNamespace(code=None, client=None)
+
+    def code(self) -> Any:
+        return self._state.code
+
+    def details(self) -> Any:
+        return "details"
+
+    def is_active(self) -> bool:
+        return self._state.client is None
+
+    def time_remaining(self) -> Any:
+        return None
+
+
+class _AioContext:
+    """grpc.aio's context: public methods only; the metadata comes from the interceptor."""
+
+    def __init__(self) -> None:
+        self.status: Any = None
+        self.is_cancelled: Any = False
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:6000"
+
+    def time_remaining(self) -> float:
+        return 4.5
+
+    def code(self) -> Any:
+        return self.status
+
+    def details(self) -> Any:
+        return "details"
+
+    def cancelled(self) -> Any:
+        return self.is_cancelled
+
+
+def _server_path(aio: bool, **options: Any) -> tuple[Any, Any, MethodInfo, list[str], Any]:
+    """A scope's ServerPath whose Python fallbacks are recorded: (path, pipe, info, calls,
+    Python finisher)."""
+    import rpcscope
+    from rpcscope import _speedups  # type: ignore[attr-defined]
+    from rpcscope.collector import _core, _server
+    from rpcscope.testing import CaptureSink
+
+    options.setdefault("access_log", CaptureSink())
+    scope = rpcscope.Scope(service="s", trace=True, log_metadata=("user-agent",), **options)
+    pipe = scope._server_pipe
+    if pipe.tracing is not None:
+        pipe.tracing.next_check = time.monotonic() + 3600  # no provider check in this test
+    info = scope._server_table.lookup("/t.v1.T/M", "unary")
+    assert info is not None
+    # No batch thread: these tests read and clear the pending queue themselves.
+    pipe._deferred.thread = threading.current_thread()
+    calls: list[str] = []
+    finisher = _server._finisher(pipe, aio)
+
+    def start(*args: Any) -> Any:
+        calls.append("start")
+        return pipe.start_server(*args)
+
+    def finish(*args: Any) -> Any:
+        calls.append("finish")
+        return finisher(*args)
+
+    path = _speedups.ServerPath(
+        pipe, CallRecord, MethodInfo, _core.deque, _core.CURRENT_IDS, _core.next_call_number,
+        _core.perf_counter_ns, _core.time_ns, _core.monotonic, start, finish, aio,
+        grpc.StatusCode.OK, "cancelled")
+    return path, pipe, info, calls, finisher
+
+
+def _slots(record: CallRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in CallRecord.__slots__
+            if name not in _VOLATILE}
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "aio"])
+@pytest.mark.parametrize("log", [True, False], ids=["log", "metrics-only"])
+def test_c_request_path_makes_the_records_python_makes(aio: bool, log: bool) -> None:
+    from rpcscope.collector._core import CURRENT_IDS
+
+    path, pipe, info, calls, finisher = _server_path(
+        aio, **({} if log else {"access_log": "off"}))
+    pending = pipe._deferred.pending
+    context: Any = _AioContext() if aio else _SyncContext()
+    args = (info, context, _MD, True) if aio else (info, context)
+    records, opened = [], []
+    for start, finish in ((path.start, path.finish), (pipe.start_server, finisher)):
+        pending.clear()
+        record = start(*args)
+        opened.append(_slots(record))
+        assert CURRENT_IDS.get() is record.trace
+        assert list(pending) == [info.metrics]  # "started"
+        record.msgs_in = 1
+        finish(record, context, None, True)
+        assert list(pending) == [info.metrics, record]
+        assert CURRENT_IDS.get() is None or aio  # reset (aio: the task's context dies)
+        CURRENT_IDS.set(None)
+        assert record.duration_ns >= 0 and record.end_wall_ns > 0
+        assert record.trace is not None and record.trace[0] == _MD
+        records.append(record)
+    assert calls == []  # the C path took both calls
+    c, py = records
+    assert opened[0] == opened[1]
+    assert type(c) is CallRecord and _slots(c) == _slots(py)
+    assert c.msgs_out == 1 and c.code == "OK"
+    assert (c.peer is None) is (not log) and (c.metadata == _MD) is log
+
+
+def test_unusual_calls_go_to_python_untouched() -> None:
+    """Each surprise hands the whole start or finish to the Python reference, with nothing
+    changed before: the pending queue holds only what Python put there."""
+    path, pipe, info, calls, _ = _server_path(False)
+    deferred = pipe._deferred
+
+    def started(context: Any) -> list[str]:
+        calls.clear()
+        deferred.pending.clear()
+        record = path.start(info, context)
+        assert list(deferred.pending) == [info.metrics] and type(record) is CallRecord
+        return list(calls)
+
+    assert started(_SyncContext()) == []
+    assert started(_AioContext()) == ["start"]  # no _rpc_event: the public methods
+    assert started(_SyncContext(peer="not bytes")) == ["start"]
+    pipe.tracing.next_check = 0.0  # the once-a-second provider check
+    assert started(_SyncContext()) == ["start"]
+    pipe.tracing.next_check = time.monotonic() + 3600
+    pipe.tracing.tracer = object()  # an OTel tracer (span mode)
+    assert started(_SyncContext()) == ["start"]
+    pipe.tracing.tracer = None
+
+    def finished(context: Any, error: Any = None, **slots: Any) -> list[str]:
+        record = path.start(info, _SyncContext())
+        for name, value in slots.items():
+            setattr(record, name, value)
+        calls.clear()
+        deferred.pending.clear()
+        path.finish(record, context, error, True)
+        assert list(deferred.pending) == [record]
+        return list(calls)
+
+    ok = _SyncContext()
+    assert finished(ok) == []
+    assert finished(ok, ValueError("boom")) == ["finish"]
+    assert finished(ok, otel_span=object()) == ["finish"]  # Python ends the span
+    not_found = _SyncContext()
+    not_found._state.code = grpc.StatusCode.NOT_FOUND
+    assert finished(not_found) == ["finish"]
+    cancelled = _SyncContext()
+    cancelled._state.client = "cancelled"
+    assert finished(cancelled) == ["finish"]
+    assert finished(_AioContext()) == ["finish"]  # no _state: the public methods
+
+    class Queue(deque[Any]):
+        """Not exactly a deque: C leaves the queue to Python."""
+
+    deferred.pending = Queue()
+    calls.clear()
+    path.start(info, _SyncContext())
+    assert calls == ["start"] and len(deferred.pending) == 1
+
+
+def test_unusual_aio_finishes_go_to_python() -> None:
+    path, _, info, calls, _ = _server_path(True)
+    for change, fallback in ((None, False), ("status", True), ("cancelled", True),
+                             ("code raises", True)):
+        context = _AioContext()
+        if change == "status":
+            context.status = grpc.StatusCode.INTERNAL
+        elif change == "cancelled":
+            context.is_cancelled = True
+        elif change == "code raises":
+            context.code = None  # type: ignore[assignment]  # not callable: code() raises
+        record = path.start(info, context, _MD, True)
+        calls.clear()
+        path.finish(record, context, None, True)
+        assert calls == (["finish"] if fallback else []), change
+        if change == "cancelled":
+            assert record.code in ("Canceled", "DeadlineExceeded")
+
+
+def test_c_request_path_does_not_leak() -> None:
+    """20,000 calls through the C start and finish leave nothing behind, and the objects every
+    call shares (method info, metadata, context) keep their reference counts."""
+    path, pipe, info, _, _ = _server_path(False)
+    pending = pipe._deferred.pending
+    metadata = (Metadatum("user-agent", "ua/2"), Metadatum("traceparent", _TRACEPARENT))
+    context = _SyncContext(metadata=metadata)
+    shared = (info, info.metrics, metadata, context._rpc_event.call_details, context._state)
+
+    def calls(n: int) -> None:
+        for _ in range(n):
+            record = path.start(info, context)
+            path.finish(record, context, None, True)
+            pending.clear()
+
+    calls(2000)
+    gc.collect()
+    before = [sys.getrefcount(o) for o in shared]
+    tracemalloc.start()
+    snapshot = tracemalloc.take_snapshot()
+    calls(20_000)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snapshot, "filename"))
+    tracemalloc.stop()
+    gc.collect()
+    assert grown < 64_000
+    assert [sys.getrefcount(o) for o in shared] == before
+
+
+def test_c_finish_starts_the_batch_thread() -> None:
+    path, pipe, info, calls, _ = _server_path(False)
+    deferred = pipe._deferred
+    deferred.thread = None
+    context = _SyncContext()
+    path.finish(path.start(info, context), context, None, True)
+    assert calls == [] and isinstance(deferred.thread, threading.Thread)
+    assert deferred.thread.is_alive()
+
+
+def test_server_interceptors_take_the_c_request_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rpcscope
+    from rpcscope import _speedups  # type: ignore[attr-defined]
+
+    def paths() -> list[Any]:
+        scope = rpcscope.Scope(service="s", access_log="off")
+        sync, aio = scope.server_interceptors()[0], scope.aio_server_interceptors()[0]
+        scope.close()
+        return [getattr(i._start, "__self__", None) for i in (sync, aio)]
+
+    assert all(isinstance(p, _speedups.ServerPath) for p in paths())
+    monkeypatch.setenv("RPCSCOPE_PURE_PYTHON", "1")
+    assert not any(isinstance(p, _speedups.ServerPath) for p in paths())

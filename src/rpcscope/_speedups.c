@@ -1205,6 +1205,492 @@ static PyTypeObject FolderType = {
     .tp_methods = Folder_methods,
 };
 
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * ServerPath: a server call's start and finish on the request path (Pipeline.start_server,
+ * and _server's finisher with Pipeline.finish), in C for the common case. Why: after the log
+ * line and the fold moved here, the request path was the larger half of what rpcscope adds to
+ * a call: about 16k instructions per sync call (callgrind over a fake context), mostly the
+ * interpreter's frames for four Python functions that each do a little. The Python functions
+ * stay the reference: start and finish first check everything they read (pure reads of the
+ * pipeline, the context and grpc's per-call event and state), and any surprise (no deferred
+ * metrics, an OTel span or the once-a-second provider check, a context of another shape, an
+ * error or a status other than OK, a replaced queue) hands the whole call to Python, before
+ * anything was changed. Only then are the effects applied (a record, one or two appends to
+ * the deferred queue, the trace ids' context variable), which cannot fail but for memory; such
+ * a failure is counted where Python counts it.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *pipeline, *record_type, *info_type, *deque_type, *current_ids, *next_call_number,
+        *perf_counter_ns, *time_ns, *monotonic, *python_start, *python_finish, *ok, *cancelled;
+    int aio;
+    Py_ssize_t off_deferred, off_keep_metadata, off_sink, off_tracing, off_errors; /* Pipeline */
+    Py_ssize_t off_metrics;                                                       /* MethodInfo */
+    /* every CallRecord slot: a record is made here without running CallRecord.__init__ */
+    Py_ssize_t r_call_details, r_code, r_deadline, r_details, r_duration_ns, r_end_wall_ns,
+        r_error, r_ids_token, r_info, r_metadata, r_msgs_in, r_msgs_out, r_otel_span, r_peer,
+        r_start_ns, r_trace;
+} ServerPath;
+
+static PyObject *s_pending, *s_thread, *s_max_pending, *s_kick, *s_tracer, *s_next_check,
+    *s_rpc_event, *s_invocation_metadata, *s_call, *s_peer_method, *s_time_remaining,
+    *s_state, *s_client, *s_append, *s_record, *s_cancelled_method, *s_ok_code,
+    *s_start_metrics, *s_start_tracing, *s_finish_deferred, *s_deferred_attr, *s_keep_metadata,
+    *s_sink, *s_tracing, *s_errors, *s_details, *s_error, *s_ids_token,
+    *s_otel_span, *s_start_ns, *s_slots, *s_zero_int;
+
+#define NOT_OURS 1 /* a check failed: the Python reference takes the whole call */
+
+/* pipeline.errors.record(where), as Python's ``except Exception: errors.record(where)``. */
+static void
+count_error(ServerPath *self, PyObject *where)
+{
+    PyObject *errors = SLOT(self->pipeline, self->off_errors), *res;
+    PyErr_Clear();
+    if (errors == NULL)
+        return;
+    res = PyObject_CallMethodOneArg(errors, s_record, where);
+    if (res == NULL)
+        PyErr_Clear(); /* the counter itself must never raise into an RPC */
+    Py_XDECREF(res);
+}
+
+/* getattr(o, name) with AttributeError (or any error) cleared: NULL means "not ours". */
+static PyObject *
+read_attr(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL)
+        PyErr_Clear();
+    return v;
+}
+
+/* The deferred metrics' queue when it is a plain deque (new reference), else NULL. */
+static PyObject *
+plain_pending(ServerPath *self, PyObject **deferred)
+{
+    PyObject *pending;
+    *deferred = SLOT(self->pipeline, self->off_deferred);
+    if (*deferred == NULL || *deferred == Py_None)
+        return NULL;
+    pending = read_attr(*deferred, s_pending);
+    if (pending != NULL && Py_TYPE(pending) != (PyTypeObject *)self->deque_type)
+        Py_CLEAR(pending);
+    return pending;
+}
+
+/* The common case of Pipeline.start_server: a new record, or NULL (error, or *ours = 0). */
+static PyObject *
+start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metadata,
+           int own_task, int *ours)
+{
+    PyObject *deferred, *pending = NULL, *sink, *tracing, *metrics, *start_ns = NULL,
+        *md = NULL, *peer = NULL, *deadline = NULL, *details = NULL, *record = NULL, *res;
+    int need_log, keep_md;
+    *ours = 0;
+    if (Py_TYPE(info) != (PyTypeObject *)self->info_type
+        || (pending = plain_pending(self, &deferred)) == NULL)
+        return NULL;
+    sink = SLOT(self->pipeline, self->off_sink);
+    tracing = SLOT(self->pipeline, self->off_tracing);
+    metrics = SLOT(info, self->off_metrics);
+    need_log = sink != NULL && sink != Py_None;
+    keep_md = SLOT(self->pipeline, self->off_keep_metadata) == Py_True;
+    if (tracing == NULL || metrics == NULL)
+        goto not_ours;
+    if (tracing != Py_None) {
+        /* Ids mode only, and not the second a provider is looked for. */
+        PyObject *tracer = read_attr(tracing, s_tracer), *next = NULL, *now = NULL;
+        int late;
+        if (tracer == NULL || tracer != Py_None) {
+            Py_XDECREF(tracer);
+            goto not_ours;
+        }
+        Py_DECREF(tracer);
+        next = read_attr(tracing, s_next_check);
+        if (next == NULL || !PyFloat_CheckExact(next)
+            || (now = PyObject_CallNoArgs(self->monotonic)) == NULL || !PyFloat_CheckExact(now)) {
+            PyErr_Clear();
+            Py_XDECREF(next);
+            Py_XDECREF(now);
+            goto not_ours;
+        }
+        late = PyFloat_AS_DOUBLE(now) >= PyFloat_AS_DOUBLE(next);
+        Py_DECREF(next);
+        Py_DECREF(now);
+        if (late)
+            goto not_ours;
+    }
+    if ((start_ns = PyObject_CallNoArgs(self->perf_counter_ns)) == NULL)
+        goto error;
+    if (metadata == Py_None) {
+        /* Sync: grpc's per-call event, as Pipeline.start_server reads it. */
+        PyObject *event = read_attr(context, s_rpc_event);
+        if (event == NULL || event == Py_None) {
+            Py_XDECREF(event);
+            goto not_ours;
+        }
+        md = read_attr(event, s_invocation_metadata);
+        if (md != NULL && need_log) {
+            PyObject *call = read_attr(event, s_call), *raw = NULL;
+            if (call != NULL)
+                raw = PyObject_CallMethodNoArgs(call, s_peer_method);
+            if (raw != NULL && PyBytes_CheckExact(raw))
+                peer = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw),
+                                            "replace");
+            if (peer != NULL)
+                details = read_attr(event, s_call_details);
+            PyErr_Clear();
+            Py_XDECREF(call);
+            Py_XDECREF(raw);
+        }
+        Py_DECREF(event);
+        if (md == NULL || (need_log && details == NULL))
+            goto not_ours;
+    } else {
+        md = Py_NewRef(metadata);
+        if (need_log) {
+            if ((peer = PyObject_CallMethodNoArgs(context, s_peer_method)) == NULL
+                || (deadline = PyObject_CallMethodNoArgs(context, s_time_remaining)) == NULL) {
+                PyErr_Clear();
+                goto not_ours;
+            }
+        }
+    }
+    /* Checked: from here on, the effects (CallRecord.__init__'s defaults, then the start). */
+    record = ((PyTypeObject *)self->record_type)->tp_alloc((PyTypeObject *)self->record_type, 0);
+    if (record == NULL)
+        goto error;
+#define SET(off, value) (SLOT(record, self->off) = Py_NewRef(value))
+    SET(r_info, info);
+    SET(r_start_ns, start_ns);
+    SET(r_code, s_ok_code);
+    SET(r_details, Py_None);
+    SET(r_error, Py_None);
+    SET(r_duration_ns, s_zero_int);
+    SET(r_end_wall_ns, s_zero_int);
+    SET(r_msgs_in, s_zero_int);
+    SET(r_msgs_out, s_zero_int);
+    SET(r_peer, peer != NULL ? peer : Py_None);
+    SET(r_deadline, deadline != NULL ? deadline : Py_None);
+    SET(r_call_details, details != NULL ? details : Py_None);
+    SET(r_metadata, Py_None);
+    SET(r_trace, Py_None);
+    SET(r_ids_token, Py_None);
+    SET(r_otel_span, Py_None);
+    if (metrics != Py_None) {
+        /* "started", counted in the next batch (Pipeline._started) */
+        if ((res = PyObject_CallMethodOneArg(pending, s_append, metrics)) == NULL)
+            count_error(self, s_start_metrics);
+        Py_XDECREF(res);
+    }
+    if (tracing != Py_None) {
+        PyObject *number = PyObject_CallNoArgs(self->next_call_number), *trace = NULL, *token;
+        int has_md = number != NULL ? PyObject_IsTrue(md) : 0;
+        if (number != NULL && has_md >= 0)
+            trace = PyTuple_Pack(2, has_md ? md : Py_None, number);
+        if (trace != NULL && (token = PyContextVar_Set(self->current_ids, trace)) != NULL) {
+            Py_SETREF(SLOT(record, self->r_trace), Py_NewRef(trace));
+            if (own_task)
+                Py_DECREF(token);
+            else
+                Py_SETREF(SLOT(record, self->r_ids_token), token);
+        } else {
+            count_error(self, s_start_tracing);
+        }
+        Py_XDECREF(number);
+        Py_XDECREF(trace);
+    }
+    if (keep_md)
+        Py_SETREF(SLOT(record, self->r_metadata), Py_NewRef(md));
+#undef SET
+    *ours = 1;
+    goto done;
+not_ours:
+    *ours = 0;
+    goto done;
+error:
+    *ours = 1;
+    Py_CLEAR(record);
+done:
+    Py_XDECREF(pending);
+    Py_XDECREF(start_ns);
+    Py_XDECREF(md);
+    Py_XDECREF(peer);
+    Py_XDECREF(deadline);
+    Py_XDECREF(details);
+    return record;
+}
+
+/* start(info, context, metadata=None, own_task=False): Pipeline.start_server's signature. */
+static PyObject *
+ServerPath_start(ServerPath *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs >= 2 && nargs <= 4) {
+        int ours, own_task = nargs > 3 ? PyObject_IsTrue(args[3]) : 0;
+        PyObject *record;
+        if (own_task < 0)
+            return NULL;
+        record = start_fast(self, args[0], args[1], nargs > 2 ? args[2] : Py_None, own_task,
+                            &ours);
+        if (ours || record != NULL)
+            return record;
+        PyErr_Clear();
+    }
+    return PyObject_Vectorcall(self->python_start, args, nargs, kwnames);
+}
+
+/* Whether the call ended OK (0), or not / unreadable (NOT_OURS): _finisher's status checks. */
+static int
+ended_ok(ServerPath *self, PyObject *context)
+{
+    PyObject *code, *flag;
+    int bad;
+    if (self->aio) {
+        if ((code = PyObject_CallMethodNoArgs(context, s_code)) == NULL) {
+            PyErr_Clear();
+            return NOT_OURS;
+        }
+        bad = code != Py_None && code != self->ok;
+        Py_DECREF(code);
+        if (bad)
+            return NOT_OURS;
+        if ((flag = PyObject_CallMethodNoArgs(context, s_cancelled_method)) == NULL) {
+            PyErr_Clear();
+            return NOT_OURS;
+        }
+        bad = flag != Py_False;
+        Py_DECREF(flag);
+        return bad ? NOT_OURS : 0;
+    }
+    {
+        /* Sync: grpc's per-call state, read directly as _finisher does. */
+        PyObject *state = read_attr(context, s_state), *client;
+        if (state == NULL || state == Py_None) {
+            Py_XDECREF(state);
+            return NOT_OURS;
+        }
+        code = read_attr(state, s_code);
+        client = read_attr(state, s_client);
+        Py_DECREF(state);
+        bad = code == NULL || (code != Py_None && code != self->ok) || client == NULL
+              || (client != Py_None
+                  && (!PyUnicode_CheckExact(client)
+                      || PyUnicode_Compare(client, self->cancelled) == 0));
+        PyErr_Clear();
+        Py_XDECREF(code);
+        Py_XDECREF(client);
+        return bad ? NOT_OURS : 0;
+    }
+}
+
+/* Pipeline.finish's ``thread is None or len(pending) > max_pending``: 1, 0, or -1 (error). */
+static int
+needs_kick(PyObject *deferred, PyObject *pending)
+{
+    PyObject *thread = PyObject_GetAttr(deferred, s_thread), *limit, *size;
+    int r;
+    if (thread == NULL)
+        return -1;
+    r = thread == Py_None;
+    Py_DECREF(thread);
+    if (r)
+        return 1;
+    if ((limit = PyObject_GetAttr(deferred, s_max_pending)) == NULL)
+        return -1;
+    size = PyLong_FromSsize_t(PyObject_Length(pending));
+    r = size == NULL ? -1 : PyObject_RichCompareBool(size, limit, Py_GT);
+    Py_XDECREF(size);
+    Py_DECREF(limit);
+    return r;
+}
+
+/* finish(record, context, error, unary_out=False): the server finisher's signature. */
+static PyObject *
+ServerPath_finish(ServerPath *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *record, *deferred, *pending = NULL, *start, *end = NULL, *wall = NULL,
+        *duration = NULL, *token, *res;
+    int unary_out;
+    if (kwnames != NULL || nargs < 3 || nargs > 4)
+        goto python;
+    record = args[0];
+    if (Py_TYPE(record) != (PyTypeObject *)self->record_type || args[2] != Py_None
+        || SLOT(record, self->r_otel_span) != Py_None
+        || (start = SLOT(record, self->r_start_ns)) == NULL || !PyLong_CheckExact(start)
+        || (pending = plain_pending(self, &deferred)) == NULL
+        || ended_ok(self, args[1]) != 0)
+        goto python;
+    unary_out = nargs > 3 ? PyObject_IsTrue(args[3]) : 0;
+    if (unary_out < 0 || (end = PyObject_CallNoArgs(self->perf_counter_ns)) == NULL
+        || (wall = PyObject_CallNoArgs(self->time_ns)) == NULL
+        || (duration = PyNumber_Subtract(end, start)) == NULL) {
+        PyErr_Clear();
+        goto python;
+    }
+    /* Checked: the effects, in Pipeline.finish's order. */
+    if (unary_out)
+        Py_SETREF(SLOT(record, self->r_msgs_out), Py_NewRef(s_one));
+    Py_SETREF(SLOT(record, self->r_duration_ns), duration);
+    Py_SETREF(SLOT(record, self->r_end_wall_ns), wall);
+    token = SLOT(record, self->r_ids_token);
+    if (token != NULL && token != Py_None) {
+        SLOT(record, self->r_ids_token) = Py_NewRef(Py_None);
+        /* Reset from another context (a generator finished on another thread or task)
+         * fails; the variable dies with that context anyway. */
+        if (PyContextVar_Reset(self->current_ids, token) < 0)
+            PyErr_Clear();
+        Py_DECREF(token);
+    }
+    /* Metrics and (via the batch) the access log: one append. */
+    if ((res = PyObject_CallMethodOneArg(pending, s_append, record)) == NULL) {
+        count_error(self, s_finish_deferred);
+    } else {
+        Py_DECREF(res);
+        int kick = needs_kick(deferred, pending);
+        if (kick != 0) {
+            /* first call: start the thread; starved thread: fold here */
+            res = kick > 0 ? PyObject_CallMethodNoArgs(deferred, s_kick) : NULL;
+            if (res == NULL)
+                count_error(self, s_finish_deferred);
+            Py_XDECREF(res);
+        }
+    }
+    Py_DECREF(pending);
+    Py_DECREF(end);
+    Py_RETURN_NONE;
+python:
+    Py_XDECREF(pending);
+    Py_XDECREF(end);
+    Py_XDECREF(wall);
+    return PyObject_Vectorcall(self->python_finish, args, nargs, kwnames);
+}
+
+static int
+ServerPath_init(ServerPath *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"pipeline", "record_type", "info_type", "deque_type",
+                             "current_ids", "next_call_number", "perf_counter_ns", "time_ns",
+                             "monotonic", "python_start", "python_finish", "aio", "ok",
+                             "cancelled", NULL};
+    PyObject *pipeline, *rec_t, *info_t, *deque_t, *ids, *next, *perf, *wall, *mono, *py_start,
+        *py_finish, *ok, *cancelled, *slots;
+    int aio;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!OOOOOOpOU", kwlist, &pipeline,
+                                     &PyType_Type, &rec_t, &PyType_Type, &info_t, &PyType_Type,
+                                     &deque_t, &PyContextVar_Type, &ids, &next, &perf, &wall,
+                                     &mono, &py_start, &py_finish, &aio, &ok, &cancelled))
+        return -1;
+    /* Every slot of CallRecord is set here; a slot added in Python but not here would be
+     * left unset on records made in C, so refuse (and the Python path is used). */
+    slots = PyObject_GetAttr(rec_t, s_slots);
+    if (slots == NULL)
+        return -1;
+    if (!PyTuple_Check(slots) || PyTuple_GET_SIZE(slots) != 16) {
+        Py_DECREF(slots);
+        PyErr_SetString(PyExc_TypeError, "CallRecord.__slots__ changed: update ServerPath");
+        return -1;
+    }
+    Py_DECREF(slots);
+#define OFFSET(field, type, name)                                             \
+    if ((self->field = slot_offset(type, name)) < 0)                          \
+        return -1;
+    OFFSET(off_deferred, (PyObject *)Py_TYPE(pipeline), s_deferred_attr);
+    OFFSET(off_keep_metadata, (PyObject *)Py_TYPE(pipeline), s_keep_metadata);
+    OFFSET(off_sink, (PyObject *)Py_TYPE(pipeline), s_sink);
+    OFFSET(off_tracing, (PyObject *)Py_TYPE(pipeline), s_tracing);
+    OFFSET(off_errors, (PyObject *)Py_TYPE(pipeline), s_errors);
+    OFFSET(off_metrics, info_t, s_metrics);
+    OFFSET(r_call_details, rec_t, s_call_details);
+    OFFSET(r_code, rec_t, s_code);
+    OFFSET(r_deadline, rec_t, s_deadline);
+    OFFSET(r_details, rec_t, s_details);
+    OFFSET(r_duration_ns, rec_t, s_duration_ns);
+    OFFSET(r_end_wall_ns, rec_t, s_end_wall_ns);
+    OFFSET(r_error, rec_t, s_error);
+    OFFSET(r_ids_token, rec_t, s_ids_token);
+    OFFSET(r_info, rec_t, s_info);
+    OFFSET(r_metadata, rec_t, s_metadata);
+    OFFSET(r_msgs_in, rec_t, s_msgs_in);
+    OFFSET(r_msgs_out, rec_t, s_msgs_out);
+    OFFSET(r_otel_span, rec_t, s_otel_span);
+    OFFSET(r_peer, rec_t, s_peer);
+    OFFSET(r_start_ns, rec_t, s_start_ns);
+    OFFSET(r_trace, rec_t, s_trace);
+#undef OFFSET
+    Py_XSETREF(self->pipeline, Py_NewRef(pipeline));
+    Py_XSETREF(self->record_type, Py_NewRef(rec_t));
+    Py_XSETREF(self->info_type, Py_NewRef(info_t));
+    Py_XSETREF(self->deque_type, Py_NewRef(deque_t));
+    Py_XSETREF(self->current_ids, Py_NewRef(ids));
+    Py_XSETREF(self->next_call_number, Py_NewRef(next));
+    Py_XSETREF(self->perf_counter_ns, Py_NewRef(perf));
+    Py_XSETREF(self->time_ns, Py_NewRef(wall));
+    Py_XSETREF(self->monotonic, Py_NewRef(mono));
+    Py_XSETREF(self->python_start, Py_NewRef(py_start));
+    Py_XSETREF(self->python_finish, Py_NewRef(py_finish));
+    Py_XSETREF(self->ok, Py_NewRef(ok));
+    Py_XSETREF(self->cancelled, Py_NewRef(cancelled));
+    self->aio = aio;
+    return 0;
+}
+
+#define SERVER_PATH_FIELDS(X)                                                            \
+    X(pipeline) X(record_type) X(info_type) X(deque_type) X(current_ids)                 \
+    X(next_call_number) X(perf_counter_ns) X(time_ns) X(monotonic) X(python_start)       \
+    X(python_finish) X(ok) X(cancelled)
+
+static int
+ServerPath_traverse(ServerPath *self, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(self->f);
+    SERVER_PATH_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+ServerPath_clear(ServerPath *self)
+{
+#define CLEAR(f) Py_CLEAR(self->f);
+    SERVER_PATH_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+ServerPath_dealloc(ServerPath *self)
+{
+    PyObject_GC_UnTrack(self);
+    ServerPath_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef ServerPath_methods[] = {
+    {"start", (PyCFunction)(void (*)(void))ServerPath_start, METH_FASTCALL | METH_KEYWORDS,
+     "start(info, context, metadata=None, own_task=False) -> CallRecord (Pipeline.start_server)"},
+    {"finish", (PyCFunction)(void (*)(void))ServerPath_finish, METH_FASTCALL | METH_KEYWORDS,
+     "finish(record, context, error, unary_out=False) (the server finisher)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ServerPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rpcscope._speedups.ServerPath",
+    .tp_basicsize = sizeof(ServerPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A server call's start and finish for the common case; see the comment above.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ServerPath_init,
+    .tp_dealloc = (destructor)ServerPath_dealloc,
+    .tp_traverse = (traverseproc)ServerPath_traverse,
+    .tp_clear = (inquiry)ServerPath_clear,
+    .tp_methods = ServerPath_methods,
+};
+
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "rpcscope._speedups",
@@ -1248,16 +1734,49 @@ PyInit__speedups(void)
     INTERN(s_metrics, "metrics");
     INTERN(s_popleft, "popleft");
     INTERN(s_appendleft, "appendleft");
+    INTERN(s_pending, "pending");
+    INTERN(s_thread, "thread");
+    INTERN(s_max_pending, "max_pending");
+    INTERN(s_kick, "kick");
+    INTERN(s_tracer, "tracer");
+    INTERN(s_next_check, "next_check");
+    INTERN(s_rpc_event, "_rpc_event");
+    INTERN(s_invocation_metadata, "invocation_metadata");
+    INTERN(s_call, "call");
+    INTERN(s_peer_method, "peer");
+    INTERN(s_time_remaining, "time_remaining");
+    INTERN(s_state, "_state");
+    INTERN(s_client, "client");
+    INTERN(s_append, "append");
+    INTERN(s_record, "record");
+    INTERN(s_cancelled_method, "cancelled");
+    INTERN(s_ok_code, "OK");
+    INTERN(s_start_metrics, "start:metrics");
+    INTERN(s_start_tracing, "start:tracing");
+    INTERN(s_finish_deferred, "finish:deferred");
+    INTERN(s_deferred_attr, "_deferred");
+    INTERN(s_keep_metadata, "_keep_metadata");
+    INTERN(s_sink, "sink");
+    INTERN(s_tracing, "tracing");
+    INTERN(s_errors, "errors");
+    INTERN(s_details, "details");
+    INTERN(s_error, "error");
+    INTERN(s_ids_token, "ids_token");
+    INTERN(s_otel_span, "otel_span");
+    INTERN(s_start_ns, "start_ns");
+    INTERN(s_slots, "__slots__");
 #undef INTERN
-    if ((s_one = PyLong_FromLong(1)) == NULL)
+    if ((s_one = PyLong_FromLong(1)) == NULL || (s_zero_int = PyLong_FromLong(0)) == NULL)
         return NULL;
-    if (PyType_Ready(&LineEncoderType) < 0 || PyType_Ready(&FolderType) < 0)
+    if (PyType_Ready(&LineEncoderType) < 0 || PyType_Ready(&FolderType) < 0
+        || PyType_Ready(&ServerPathType) < 0)
         return NULL;
     m = PyModule_Create(&speedups_module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "LineEncoder", (PyObject *)&LineEncoderType) < 0
-        || PyModule_AddObjectRef(m, "Folder", (PyObject *)&FolderType) < 0) {
+        || PyModule_AddObjectRef(m, "Folder", (PyObject *)&FolderType) < 0
+        || PyModule_AddObjectRef(m, "ServerPath", (PyObject *)&ServerPathType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
