@@ -584,11 +584,15 @@ def server_path(pipe: Pipeline, finish: Callable[..., None], aio: bool, cancelle
     finisher), or, when rpcscope._speedups is built and metrics are deferred, its
     ``ServerPath``, which does the common call (OK, ids mode, grpc's usual context) in C and
     hands every other call to those two, the reference. Why: see ServerPath in _speedups.c."""
+    from rpcscope.collector._deferred import DeferredMetrics  # both import this module
+    from rpcscope.collector._trace import Tracing
+
     speedups = load_speedups()
     if speedups is not None and pipe._deferred is not None:
         try:
             path = speedups.ServerPath(
-                pipe, CallRecord, MethodInfo, deque, CURRENT_IDS, next_call_number,
+                pipe, CallRecord, MethodInfo, deque, DeferredMetrics, Tracing, CURRENT_IDS,
+                next_call_number,
                 perf_counter_ns, time_ns, monotonic, pipe.start_server, finish, aio,
                 grpc.StatusCode.OK, cancelled,
             )

@@ -81,6 +81,10 @@ class MethodAggregate:
 class DeferredMetrics(Collector):
     """Registered once in the registry; folds pending calls in, then yields both sides."""
 
+    #: What the request path reads on every call (rpcscope._speedups.ServerPath reads these
+    #: slots in place); the rest of the state lives in the instance dict.
+    __slots__ = ("max_pending", "pending", "thread")
+
     def __init__(
         self,
         registry: CollectorRegistry | None,

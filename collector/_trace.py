@@ -62,6 +62,8 @@ _GETTER: Final = _MetadataGetter()
 class Tracing:
     """Starts/finishes the trace side of a call record; see module doc for the two modes."""
 
+    __slots__ = ("_tracer_name", "next_check", "tracer")  # read in place by the C request path
+
     #: How often to look again for a TracerProvider configured after the Scope was built.
     RECHECK_SECONDS: Final = 1.0
 

@@ -22,6 +22,7 @@
 #include <math.h>
 #include <string.h>
 #include <structmember.h>
+#include <time.h>
 
 static PyObject *s_code, *s_info, *s_end_wall_ns, *s_duration_ns, *s_msgs_in, *s_msgs_out,
     *s_peer, *s_deadline, *s_trace, *s_metadata, *s_component, *s_last, *s_id_of,
@@ -1222,11 +1223,14 @@ static PyTypeObject FolderType = {
  */
 typedef struct {
     PyObject_HEAD
-    PyObject *pipeline, *record_type, *info_type, *deque_type, *current_ids, *next_call_number,
-        *perf_counter_ns, *time_ns, *monotonic, *python_start, *python_finish, *ok, *cancelled;
-    int aio;
+    PyObject *pipeline, *record_type, *info_type, *deque_type, *deferred_type, *tracing_type,
+        *append, *current_ids, *next_call_number, *perf_counter_ns, *time_ns, *monotonic,
+        *python_start, *python_finish, *ok, *cancelled;
+    int aio, native_clocks;
     Py_ssize_t off_deferred, off_keep_metadata, off_sink, off_tracing, off_errors; /* Pipeline */
     Py_ssize_t off_metrics;                                                       /* MethodInfo */
+    Py_ssize_t off_pending, off_thread, off_max_pending;                    /* DeferredMetrics */
+    Py_ssize_t off_tracer, off_next_check;                                  /* Tracing */
     /* every CallRecord slot: a record is made here without running CallRecord.__init__ */
     Py_ssize_t r_call_details, r_code, r_deadline, r_details, r_duration_ns, r_end_wall_ns,
         r_error, r_ids_token, r_info, r_metadata, r_msgs_in, r_msgs_out, r_otel_span, r_peer,
@@ -1272,12 +1276,64 @@ plain_pending(ServerPath *self, PyObject **deferred)
 {
     PyObject *pending;
     *deferred = SLOT(self->pipeline, self->off_deferred);
-    if (*deferred == NULL || *deferred == Py_None)
+    if (*deferred == NULL || Py_TYPE(*deferred) != (PyTypeObject *)self->deferred_type)
         return NULL;
-    pending = read_attr(*deferred, s_pending);
-    if (pending != NULL && Py_TYPE(pending) != (PyTypeObject *)self->deque_type)
-        Py_CLEAR(pending);
-    return pending;
+    pending = SLOT(*deferred, self->off_pending);
+    if (pending == NULL || Py_TYPE(pending) != (PyTypeObject *)self->deque_type)
+        return NULL;
+    return Py_NewRef(pending);
+}
+
+/* pending.append(item) through deque.append itself (no attribute lookup): 0 or -1. */
+static int
+append_to(ServerPath *self, PyObject *pending, PyObject *item)
+{
+    PyObject *args[2] = {pending, item}, *res = PyObject_Vectorcall(self->append, args, 2, NULL);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
+}
+
+/*
+ * time.perf_counter_ns() / time_ns() / monotonic(). On Linux CPython reads them with
+ * clock_gettime (CLOCK_MONOTONIC for perf_counter and monotonic, CLOCK_REALTIME for time), so
+ * when we were given exactly those functions we read the same clocks directly: a record
+ * started here and finished in Python (or the reverse) measures on one clock. Elsewhere, or
+ * given other callables (tests), we call them.
+ */
+static PyObject *
+clock_ns(ServerPath *self, PyObject *fallback, int realtime)
+{
+#if defined(__linux__)
+    if (self->native_clocks) {
+        struct timespec ts;
+        if (clock_gettime(realtime ? CLOCK_REALTIME : CLOCK_MONOTONIC, &ts) == 0)
+            return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+    }
+#else
+    (void)self;
+    (void)realtime;
+#endif
+    return PyObject_CallNoArgs(fallback);
+}
+
+/* time.monotonic() >= limit: 1, 0, or -1 (error). */
+static int
+monotonic_reached(ServerPath *self, double limit)
+{
+    PyObject *now;
+    int r;
+#if defined(__linux__)
+    if (self->native_clocks) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
+            return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 >= limit;
+    }
+#endif
+    if ((now = PyObject_CallNoArgs(self->monotonic)) == NULL)
+        return -1;
+    r = PyFloat_Check(now) ? PyFloat_AS_DOUBLE(now) >= limit : -1;
+    Py_DECREF(now);
+    return r;
 }
 
 /* The common case of Pipeline.start_server: a new record, or NULL (error, or *ours = 0). */
@@ -1286,7 +1342,7 @@ start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metada
            int own_task, int *ours)
 {
     PyObject *deferred, *pending = NULL, *sink, *tracing, *metrics, *start_ns = NULL,
-        *md = NULL, *peer = NULL, *deadline = NULL, *details = NULL, *record = NULL, *res;
+        *md = NULL, *peer = NULL, *deadline = NULL, *details = NULL, *record = NULL;
     int need_log, keep_md;
     *ours = 0;
     if (Py_TYPE(info) != (PyTypeObject *)self->info_type
@@ -1301,28 +1357,22 @@ start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metada
         goto not_ours;
     if (tracing != Py_None) {
         /* Ids mode only, and not the second a provider is looked for. */
-        PyObject *tracer = read_attr(tracing, s_tracer), *next = NULL, *now = NULL;
-        int late;
-        if (tracer == NULL || tracer != Py_None) {
-            Py_XDECREF(tracer);
+        PyObject *next;
+        if (Py_TYPE(tracing) != (PyTypeObject *)self->tracing_type
+            || SLOT(tracing, self->off_tracer) != Py_None
+            || (next = SLOT(tracing, self->off_next_check)) == NULL || !PyFloat_CheckExact(next))
             goto not_ours;
-        }
-        Py_DECREF(tracer);
-        next = read_attr(tracing, s_next_check);
-        if (next == NULL || !PyFloat_CheckExact(next)
-            || (now = PyObject_CallNoArgs(self->monotonic)) == NULL || !PyFloat_CheckExact(now)) {
+        switch (monotonic_reached(self, PyFloat_AS_DOUBLE(next))) {
+        case 0:
+            break;
+        case 1:
+            goto not_ours;
+        default:
             PyErr_Clear();
-            Py_XDECREF(next);
-            Py_XDECREF(now);
             goto not_ours;
         }
-        late = PyFloat_AS_DOUBLE(now) >= PyFloat_AS_DOUBLE(next);
-        Py_DECREF(next);
-        Py_DECREF(now);
-        if (late)
-            goto not_ours;
     }
-    if ((start_ns = PyObject_CallNoArgs(self->perf_counter_ns)) == NULL)
+    if ((start_ns = clock_ns(self, self->perf_counter_ns, 0)) == NULL)
         goto error;
     if (metadata == Py_None) {
         /* Sync: grpc's per-call event, as Pipeline.start_server reads it. */
@@ -1381,9 +1431,8 @@ start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metada
     SET(r_otel_span, Py_None);
     if (metrics != Py_None) {
         /* "started", counted in the next batch (Pipeline._started) */
-        if ((res = PyObject_CallMethodOneArg(pending, s_append, metrics)) == NULL)
+        if (append_to(self, pending, metrics) < 0)
             count_error(self, s_start_metrics);
-        Py_XDECREF(res);
     }
     if (tracing != Py_None) {
         PyObject *number = PyObject_CallNoArgs(self->next_call_number), *trace = NULL, *token;
@@ -1488,19 +1537,28 @@ ended_ok(ServerPath *self, PyObject *context)
 
 /* Pipeline.finish's ``thread is None or len(pending) > max_pending``: 1, 0, or -1 (error). */
 static int
-needs_kick(PyObject *deferred, PyObject *pending)
+needs_kick(ServerPath *self, PyObject *deferred, PyObject *pending)
 {
-    PyObject *thread = PyObject_GetAttr(deferred, s_thread), *limit, *size;
+    PyObject *thread = SLOT(deferred, self->off_thread), *limit, *size;
+    Py_ssize_t n, max;
     int r;
-    if (thread == NULL)
+    if (thread == NULL || (limit = SLOT(deferred, self->off_max_pending)) == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "DeferredMetrics.thread/max_pending unset");
         return -1;
-    r = thread == Py_None;
-    Py_DECREF(thread);
-    if (r)
+    }
+    if (thread == Py_None)
         return 1;
-    if ((limit = PyObject_GetAttr(deferred, s_max_pending)) == NULL)
+    n = PyObject_Length(pending);
+    if (n < 0)
         return -1;
-    size = PyLong_FromSsize_t(PyObject_Length(pending));
+    if (PyLong_CheckExact(limit)) {
+        max = PyLong_AsSsize_t(limit);
+        if (max != -1 || !PyErr_Occurred())
+            return n > max;
+        PyErr_Clear();
+    }
+    Py_INCREF(limit);
+    size = PyLong_FromSsize_t(n);
     r = size == NULL ? -1 : PyObject_RichCompareBool(size, limit, Py_GT);
     Py_XDECREF(size);
     Py_DECREF(limit);
@@ -1525,8 +1583,8 @@ ServerPath_finish(ServerPath *self, PyObject *const *args, Py_ssize_t nargsf, Py
         || ended_ok(self, args[1]) != 0)
         goto python;
     unary_out = nargs > 3 ? PyObject_IsTrue(args[3]) : 0;
-    if (unary_out < 0 || (end = PyObject_CallNoArgs(self->perf_counter_ns)) == NULL
-        || (wall = PyObject_CallNoArgs(self->time_ns)) == NULL
+    if (unary_out < 0 || (end = clock_ns(self, self->perf_counter_ns, 0)) == NULL
+        || (wall = clock_ns(self, self->time_ns, 1)) == NULL
         || (duration = PyNumber_Subtract(end, start)) == NULL) {
         PyErr_Clear();
         goto python;
@@ -1546,11 +1604,10 @@ ServerPath_finish(ServerPath *self, PyObject *const *args, Py_ssize_t nargsf, Py
         Py_DECREF(token);
     }
     /* Metrics and (via the batch) the access log: one append. */
-    if ((res = PyObject_CallMethodOneArg(pending, s_append, record)) == NULL) {
+    if (append_to(self, pending, record) < 0) {
         count_error(self, s_finish_deferred);
     } else {
-        Py_DECREF(res);
-        int kick = needs_kick(deferred, pending);
+        int kick = needs_kick(self, deferred, pending);
         if (kick != 0) {
             /* first call: start the thread; starved thread: fold here */
             res = kick > 0 ? PyObject_CallMethodNoArgs(deferred, s_kick) : NULL;
@@ -1573,15 +1630,16 @@ static int
 ServerPath_init(ServerPath *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"pipeline", "record_type", "info_type", "deque_type",
-                             "current_ids", "next_call_number", "perf_counter_ns", "time_ns",
-                             "monotonic", "python_start", "python_finish", "aio", "ok",
-                             "cancelled", NULL};
-    PyObject *pipeline, *rec_t, *info_t, *deque_t, *ids, *next, *perf, *wall, *mono, *py_start,
-        *py_finish, *ok, *cancelled, *slots;
-    int aio;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!OOOOOOpOU", kwlist, &pipeline,
+                             "deferred_type", "tracing_type", "current_ids", "next_call_number",
+                             "perf_counter_ns", "time_ns", "monotonic", "python_start",
+                             "python_finish", "aio", "ok", "cancelled", NULL};
+    PyObject *pipeline, *rec_t, *info_t, *deque_t, *deferred_t, *tracing_t, *ids, *next, *perf,
+        *wall, *mono, *py_start, *py_finish, *ok, *cancelled, *slots, *append, *time_mod;
+    int aio, native;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!O!O!OOOOOOpOU", kwlist, &pipeline,
                                      &PyType_Type, &rec_t, &PyType_Type, &info_t, &PyType_Type,
-                                     &deque_t, &PyContextVar_Type, &ids, &next, &perf, &wall,
+                                     &deque_t, &PyType_Type, &deferred_t, &PyType_Type,
+                                     &tracing_t, &PyContextVar_Type, &ids, &next, &perf, &wall,
                                      &mono, &py_start, &py_finish, &aio, &ok, &cancelled))
         return -1;
     /* Every slot of CallRecord is set here; a slot added in Python but not here would be
@@ -1620,11 +1678,37 @@ ServerPath_init(ServerPath *self, PyObject *args, PyObject *kwds)
     OFFSET(r_peer, rec_t, s_peer);
     OFFSET(r_start_ns, rec_t, s_start_ns);
     OFFSET(r_trace, rec_t, s_trace);
+    OFFSET(off_pending, deferred_t, s_pending);
+    OFFSET(off_thread, deferred_t, s_thread);
+    OFFSET(off_max_pending, deferred_t, s_max_pending);
+    OFFSET(off_tracer, tracing_t, s_tracer);
+    OFFSET(off_next_check, tracing_t, s_next_check);
 #undef OFFSET
+    if ((append = PyObject_GetAttr(deque_t, s_append)) == NULL)
+        return -1;
+    Py_XSETREF(self->append, append);
+    /* The clocks are read directly only when they are exactly time's (see clock_ns). */
+    if ((time_mod = PyImport_ImportModule("time")) == NULL)
+        return -1;
+    {
+        PyObject *p = PyObject_GetAttrString(time_mod, "perf_counter_ns"),
+                 *w = PyObject_GetAttrString(time_mod, "time_ns"),
+                 *m = PyObject_GetAttrString(time_mod, "monotonic");
+        native = p == perf && w == wall && m == mono;
+        Py_XDECREF(p);
+        Py_XDECREF(w);
+        Py_XDECREF(m);
+        Py_DECREF(time_mod);
+        if (PyErr_Occurred())
+            return -1;
+    }
+    self->native_clocks = native;
     Py_XSETREF(self->pipeline, Py_NewRef(pipeline));
     Py_XSETREF(self->record_type, Py_NewRef(rec_t));
     Py_XSETREF(self->info_type, Py_NewRef(info_t));
     Py_XSETREF(self->deque_type, Py_NewRef(deque_t));
+    Py_XSETREF(self->deferred_type, Py_NewRef(deferred_t));
+    Py_XSETREF(self->tracing_type, Py_NewRef(tracing_t));
     Py_XSETREF(self->current_ids, Py_NewRef(ids));
     Py_XSETREF(self->next_call_number, Py_NewRef(next));
     Py_XSETREF(self->perf_counter_ns, Py_NewRef(perf));
@@ -1639,7 +1723,8 @@ ServerPath_init(ServerPath *self, PyObject *args, PyObject *kwds)
 }
 
 #define SERVER_PATH_FIELDS(X)                                                            \
-    X(pipeline) X(record_type) X(info_type) X(deque_type) X(current_ids)                 \
+    X(pipeline) X(record_type) X(info_type) X(deque_type) X(deferred_type) X(tracing_type) \
+    X(append) X(current_ids)                                                             \
     X(next_call_number) X(perf_counter_ns) X(time_ns) X(monotonic) X(python_start)       \
     X(python_finish) X(ok) X(cancelled)
 
