@@ -1,6 +1,7 @@
 /*
- * rpcscope._speedups: the access log's common line (a successful call), encoded in C; and
- * (Folder, further down) the metrics fold's loop.
+ * rpcscope._speedups: the access log's common line (a successful call), encoded in C; and,
+ * further down, the metrics fold's loop (Folder) and a server call's start and finish on the
+ * request path (ServerPath). Each follows the rule below.
  *
  * Why by hand, in C: the log writer runs in the observed service's process, so its CPU is the
  * service's CPU. The pure-Python encoder (exporters/_jsonline.py, CallLineEncoder.line_python)
@@ -1341,7 +1342,7 @@ static PyObject *
 start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metadata,
            int own_task, int *ours)
 {
-    PyObject *deferred, *pending = NULL, *sink, *tracing, *metrics, *start_ns = NULL,
+    PyObject *deferred, *pending = NULL, *sink, *tracing, *metrics = NULL, *start_ns = NULL,
         *md = NULL, *peer = NULL, *deadline = NULL, *details = NULL, *record = NULL;
     int need_log, keep_md;
     *ours = 0;
@@ -1350,7 +1351,8 @@ start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metada
         return NULL;
     sink = SLOT(self->pipeline, self->off_sink);
     tracing = SLOT(self->pipeline, self->off_tracing);
-    metrics = SLOT(info, self->off_metrics);
+    /* held: the reads below call Python code (grpc's), during which other threads run */
+    metrics = Py_XNewRef(SLOT(info, self->off_metrics));
     need_log = sink != NULL && sink != Py_None;
     keep_md = SLOT(self->pipeline, self->off_keep_metadata) == Py_True;
     if (tracing == NULL || metrics == NULL)
@@ -1464,6 +1466,7 @@ error:
     Py_CLEAR(record);
 done:
     Py_XDECREF(pending);
+    Py_XDECREF(metrics);
     Py_XDECREF(start_ns);
     Py_XDECREF(md);
     Py_XDECREF(peer);
@@ -1576,11 +1579,12 @@ ServerPath_finish(ServerPath *self, PyObject *const *args, Py_ssize_t nargsf, Py
     if (kwnames != NULL || nargs < 3 || nargs > 4)
         goto python;
     record = args[0];
+    /* The status first: it may call Python code (grpc's), during which other threads run;
+     * then the reads that call nothing. */
     if (Py_TYPE(record) != (PyTypeObject *)self->record_type || args[2] != Py_None
-        || SLOT(record, self->r_otel_span) != Py_None
+        || ended_ok(self, args[1]) != 0 || SLOT(record, self->r_otel_span) != Py_None
         || (start = SLOT(record, self->r_start_ns)) == NULL || !PyLong_CheckExact(start)
-        || (pending = plain_pending(self, &deferred)) == NULL
-        || ended_ok(self, args[1]) != 0)
+        || (pending = plain_pending(self, &deferred)) == NULL)
         goto python;
     unary_out = nargs > 3 ? PyObject_IsTrue(args[3]) : 0;
     if (unary_out < 0 || (end = clock_ns(self, self->perf_counter_ns, 0)) == NULL

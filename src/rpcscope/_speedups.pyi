@@ -28,3 +28,28 @@ class Folder:
         layout: tuple[int, int, int, int, int, int],
     ) -> None: ...
     def fold(self, pending: Any, n: int, out: list[Any] | None, components: Any) -> int: ...
+
+class ServerPath:
+    def __init__(
+        self,
+        pipeline: Any,
+        record_type: type,
+        info_type: type,
+        deque_type: type,
+        deferred_type: type,
+        tracing_type: type,
+        current_ids: Any,
+        next_call_number: Any,
+        perf_counter_ns: Any,
+        time_ns: Any,
+        monotonic: Any,
+        python_start: Any,
+        python_finish: Any,
+        aio: bool,
+        ok: Any,
+        cancelled: str,
+    ) -> None: ...
+    def start(self, info: Any, context: Any, metadata: Any = None,
+              own_task: bool = False) -> Any: ...
+    def finish(self, record: Any, context: Any, error: BaseException | None,
+               unary_out: bool = False) -> None: ...
