@@ -13,8 +13,8 @@ BENCH_ARGS ?=
 # The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool, and
 # Ruby (the Fluentd config's record_transformer expressions are evaluated on sample records);
 # and a C compiler with Python's headers, for the C speedups (rpcscope._speedups: log line
-# encoder and metrics fold), which the suite requires so that both the C and the Python code
-# are tested (without them the install still works, pure-Python).
+# encoder, metrics fold and server request path), which the suite requires so that both the C
+# and the Python code are tested (without them the install still works, pure-Python).
 OS_PACKAGES := prometheus prometheus-alertmanager ruby gcc libc6-dev python3-dev
 HAS_PYTHON_H = $(PYTHON) -c 'import os, sys, sysconfig; \
   sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'

@@ -578,6 +578,11 @@ def _looks_secret(key: str) -> bool:
 HOSTNAME: Final = socket.gethostname()
 
 
+def ignore_error(where: str) -> None:
+    """Default error hook where no counter is bound (a lost field or fold is counted by the
+    Scope's hook once it binds one)."""
+
+
 def server_path(pipe: Pipeline, finish: Callable[..., None], aio: bool, cancelled: str
                 ) -> tuple[Callable[..., CallRecord], Callable[..., None]]:
     """A server interceptor's start and finish: ``pipe.start_server`` and ``finish`` (its
@@ -592,9 +597,7 @@ def server_path(pipe: Pipeline, finish: Callable[..., None], aio: bool, cancelle
         try:
             path = speedups.ServerPath(
                 pipe, CallRecord, MethodInfo, deque, DeferredMetrics, Tracing, CURRENT_IDS,
-                next_call_number,
-                perf_counter_ns, time_ns, monotonic, pipe.start_server, finish, aio,
-                grpc.StatusCode.OK, cancelled,
+                next_call_number, pipe.start_server, finish, aio, grpc.StatusCode.OK, cancelled,
             )
         except TypeError:  # a CallRecord or Pipeline of another shape: Python
             _LOG.debug("rpcscope: C request path unavailable", exc_info=True)
@@ -604,9 +607,10 @@ def server_path(pipe: Pipeline, finish: Callable[..., None], aio: bool, cancelle
 
 
 def load_speedups() -> Any:
-    """rpcscope._speedups (the C log line encoder and metrics fold), or None: not built (no
-    compiler at install time) or turned off with RPCSCOPE_PURE_PYTHON=1 (to compare, or to
-    rule it out). The Python code it stands in for stays the reference: see _speedups.c."""
+    """rpcscope._speedups (the C log line encoder, metrics fold and server request path), or
+    None: not built (no compiler at install time) or turned off with RPCSCOPE_PURE_PYTHON=1 (to
+    compare, or to rule it out). Each user asks when it is built, so the variable is read
+    then. The Python code it stands in for stays the reference: see _speedups.c."""
     if os.environ.get("RPCSCOPE_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:

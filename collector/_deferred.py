@@ -45,7 +45,13 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from rpcscope import schema
-from rpcscope.collector._core import CallRecord, MethodInfo, load_speedups, resolve_ids
+from rpcscope.collector._core import (
+    CallRecord,
+    MethodInfo,
+    ignore_error,
+    load_speedups,
+    resolve_ids,
+)
 
 if TYPE_CHECKING:
     from rpcscope.collector._core import TraceIds
@@ -123,7 +129,7 @@ class DeferredMetrics(Collector):
         self.forward: Callable[[list[CallRecord]], None] | None = None
         self.log_components: frozenset[str] = frozenset()
         #: Counts a swallowed error (bound by the Scope to the instrumentation-errors counter).
-        self.on_error: Callable[[str], None] = _ignore
+        self.on_error: Callable[[str], None] = ignore_error
         #: Starts (if needed) and returns the thread that calls drain() periodically; None: our
         #: own thread. Set by the Scope to the log writer's.
         self.driver: Callable[[], threading.Thread | None] | None = None
@@ -292,10 +298,6 @@ def _families(side: str) -> tuple[CounterMetricFamily, CounterMetricFamily, Coun
                             labels=schema.CALL_LABELS),
         HistogramMetricFamily(seconds, schema.HELP[seconds], labels=schema.CALL_LABELS),
     )
-
-
-def _ignore(where: str) -> None:
-    """Default error hook until a Scope binds the instrumentation-errors counter."""
 
 
 def _after_fork(ref: weakref.ref[DeferredMetrics]) -> None:

@@ -34,6 +34,8 @@ from rpcscope.collector._core import (
     MetadataPicker,
     MethodInfo,
     deadline_seconds,
+    ignore_error,
+    load_speedups,
     prepare_for_log,
     resolve_ids,
 )
@@ -41,9 +43,6 @@ from rpcscope.exporters._ecs import NUMERIC_CODE, Identity, call_document, encod
 
 _esc: Final = json.encoder.encode_basestring  # C-accelerated string escaping (no ASCII-forcing)
 _NO_PEERS: Final[dict[str, str]] = {}
-
-
-_SPEEDUPS: Final = _core.load_speedups()
 
 
 class CallLineEncoder:
@@ -59,7 +58,7 @@ class CallLineEncoder:
                  on_error: Callable[[str], None] | None = None, speedups: bool = True) -> None:
         self._identity = identity
         self._pick = pick if pick is not None else MetadataPicker(())
-        self._on_error = on_error if on_error is not None else _ignore
+        self._on_error = on_error if on_error is not None else ignore_error
         # process.pid is part of the cached text: a forked child starts over (os.getpid() per
         # line would be a system call per line).
         ref = weakref.ref(self)
@@ -71,8 +70,9 @@ class CallLineEncoder:
         self._second = -1
         self._second_text = ""
         self.line: Callable[[CallRecord], str] = self.line_python
-        if speedups and _SPEEDUPS is not None:
-            self.line = _SPEEDUPS.LineEncoder(
+        c = load_speedups() if speedups else None
+        if c is not None:
+            self.line = c.LineEncoder(
                 self, CallRecord, self._static, self._peers, _core._SPAN_IDS, _core._TRACE_IDS,
                 _core.parse_traceparent, _core._traceparent_of, self._pick.allow, self._on_error,
             ).line
@@ -209,10 +209,6 @@ class CallLineEncoder:
 def _inner(fields: dict[str, Any]) -> str:
     """``{"a":1,"b":2}`` → ``"a":1,"b":2`` (to splice into a template)."""
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)[1:-1]
-
-
-def _ignore(where: str) -> None:
-    """Default ``on_error``: a lost field is not worth more than the field."""
 
 
 def _forget(ref: weakref.ref[CallLineEncoder]) -> None:

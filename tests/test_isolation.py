@@ -274,7 +274,8 @@ def test_failing_started_counter_keeps_trace_ids(make_scope: Callable[..., rpcsc
 
 def test_unreadable_deadline_loses_that_field_not_the_record(
         make_scope: Callable[..., rpcscope.Scope], serve_sync: Callable[..., int],
-        sync_channel: Callable[..., grpc.Channel], monkeypatch: pytest.MonkeyPatch) -> None:
+        sync_channel: Callable[..., grpc.Channel], monkeypatch: pytest.MonkeyPatch,
+        python_request_path: None) -> None:
     """The sync deadline is read from grpc's CallDetails on the log writer; if that fails, the
     line is still written (without the deadline) and the error is counted."""
     from rpcscope.collector._core import Pipeline
@@ -294,11 +295,6 @@ def test_unreadable_deadline_loses_that_field_not_the_record(
         return record
 
     monkeypatch.setattr(Pipeline, "start_server", start_with_unreadable_details)
-    # The Python start (the C request path, rpcscope._speedups.ServerPath, would not call it).
-    from rpcscope.collector import _server
-
-    monkeypatch.setattr(_server, "server_path", lambda pipe, finish, *_: (pipe.start_server,
-                                                                          finish))
     scope = make_scope()
     unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
     assert unary(b"ok", timeout=30) == b"reply:ok"

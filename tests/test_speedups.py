@@ -13,7 +13,6 @@ import gc
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -26,13 +25,12 @@ from typing import Any, NamedTuple
 import grpc
 import pytest
 
-from rpcscope.collector._core import CallRecord, MetadataPicker, MethodInfo
+from rpcscope.collector._core import CallRecord, MetadataPicker, MethodInfo, load_speedups
 from rpcscope.collector._deferred import DeferredMetrics
-from rpcscope.exporters import _jsonline
 from rpcscope.exporters._ecs import Identity, call_document
 from rpcscope.exporters._jsonline import CallLineEncoder
 
-if _jsonline._SPEEDUPS is None:
+if load_speedups() is None:
     if os.environ.get("RPCSCOPE_REQUIRE_SPEEDUPS") == "1":
         raise RuntimeError(
             "rpcscope._speedups is not built but RPCSCOPE_REQUIRE_SPEEDUPS=1 (as `make test` "
@@ -265,17 +263,25 @@ def test_c_lines_do_not_leak() -> None:
     assert [sys.getrefcount(o) for o in shared] == counts
 
 
-def test_pure_python_switch() -> None:
-    """RPCSCOPE_PURE_PYTHON=1 turns the C encoder off (to compare, or to rule it out)."""
-    code = ("from rpcscope.exporters._jsonline import CallLineEncoder;"
-            "from rpcscope.exporters._ecs import Identity;"
-            "print(CallLineEncoder(Identity('s', None, None)).accelerated)")
-    outputs = [
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={**os.environ, "RPCSCOPE_PURE_PYTHON": value}).stdout.strip()
-        for value in ("1", "0")
-    ]
-    assert outputs == ["False", "True"]
+def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """RPCSCOPE_PURE_PYTHON=1 turns all three C parts off (to compare, or to rule it out): the
+    line encoder, the metrics fold and the server request path of a Scope built after it."""
+    import rpcscope
+    from rpcscope import _speedups  # type: ignore[attr-defined]
+
+    def c_parts() -> list[bool]:
+        scope = rpcscope.Scope(service="s", access_log=str(tmp_path / "log.jsonl"))
+        assert scope._log_pipe is not None and scope._log_pipe._lines is not None
+        assert scope._metrics is not None and scope._metrics.deferred is not None
+        sync, aio = scope.server_interceptors()[0], scope.aio_server_interceptors()[0]
+        scope.close()
+        return [scope._log_pipe._lines.accelerated, scope._metrics.deferred._folder is not None,
+                *(isinstance(getattr(i._start, "__self__", None), _speedups.ServerPath)
+                  for i in (sync, aio))]
+
+    assert c_parts() == [True] * 4
+    monkeypatch.setenv("RPCSCOPE_PURE_PYTHON", "1")
+    assert c_parts() == [False] * 4
 
 
 # -- the metrics fold -------------------------------------------------------------------------
@@ -506,9 +512,7 @@ def _server_path(aio: bool, **options: Any) -> tuple[Any, Any, MethodInfo, list[
 
     path = _speedups.ServerPath(
         pipe, CallRecord, MethodInfo, _core.deque, Deferred, Tracing, _core.CURRENT_IDS,
-        _core.next_call_number,
-        _core.perf_counter_ns, _core.time_ns, _core.monotonic, start, finish, aio,
-        grpc.StatusCode.OK, "cancelled")
+        _core.next_call_number, start, finish, aio, grpc.StatusCode.OK, "cancelled")
     return path, pipe, info, calls, finisher
 
 
@@ -667,16 +671,3 @@ def test_c_finish_starts_the_batch_thread() -> None:
     assert deferred.thread.is_alive()
 
 
-def test_server_interceptors_take_the_c_request_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rpcscope
-    from rpcscope import _speedups  # type: ignore[attr-defined]
-
-    def paths() -> list[Any]:
-        scope = rpcscope.Scope(service="s", access_log="off")
-        sync, aio = scope.server_interceptors()[0], scope.aio_server_interceptors()[0]
-        scope.close()
-        return [getattr(i._start, "__self__", None) for i in (sync, aio)]
-
-    assert all(isinstance(p, _speedups.ServerPath) for p in paths())
-    monkeypatch.setenv("RPCSCOPE_PURE_PYTHON", "1")
-    assert not any(isinstance(p, _speedups.ServerPath) for p in paths())

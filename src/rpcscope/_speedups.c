@@ -28,17 +28,20 @@
 static PyObject *s_code, *s_info, *s_end_wall_ns, *s_duration_ns, *s_msgs_in, *s_msgs_out,
     *s_peer, *s_deadline, *s_trace, *s_metadata, *s_component, *s_last, *s_id_of,
     *s_template, *s_peer_fragment, *s_timestamp_prefix, *s_metadata_piece, *s_call_details,
-    *s_line_python, *s_log_deadline, *s_redacted, *s_zero, *s_1e9;
+    *s_line_python, *s_log_deadline, *s_redacted, *s_zero, *s_1e9, *s_details, *s_error,
+    *s_ids_token, *s_otel_span, *s_start_ns, *s_slots;
 
 /*
  * Where CallRecord's __slots__ sit in an instance (its member descriptors' offsets): reading
- * them directly skips an attribute lookup per field. Both types below use them, and only on
- * exact CallRecords.
+ * them directly skips an attribute lookup per field. All three types below use them, and only
+ * on exact CallRecords. Every slot is here (record_slots checks that none is missing), because
+ * ServerPath makes records itself and must set them all.
  */
 typedef struct {
-    Py_ssize_t code, info, end_wall_ns, duration_ns, msgs_in, msgs_out, peer, deadline, trace,
-        metadata, call_details;
+    Py_ssize_t call_details, code, deadline, details, duration_ns, end_wall_ns, error, ids_token,
+        info, metadata, msgs_in, msgs_out, otel_span, peer, start_ns, trace;
 } RecordSlots;
+#define RECORD_SLOTS 16
 
 typedef struct {
     PyObject_HEAD
@@ -784,20 +787,35 @@ slot_offset(PyObject *type, PyObject *name)
 static int
 record_slots(PyObject *type, RecordSlots *slots)
 {
+    PyObject *names = PyObject_GetAttr(type, s_slots);
+    int complete;
+    if (names == NULL)
+        return -1;
+    complete = PyTuple_Check(names) && PyTuple_GET_SIZE(names) == RECORD_SLOTS;
+    Py_DECREF(names);
+    if (!complete) { /* a slot added in Python but not here: refuse, Python is used */
+        PyErr_SetString(PyExc_TypeError, "CallRecord.__slots__ changed: update RecordSlots");
+        return -1;
+    }
 #define OFFSET(name)                                                         \
     if ((slots->name = slot_offset(type, s_##name)) < 0)                     \
         return -1;
+    OFFSET(call_details);
     OFFSET(code);
-    OFFSET(info);
-    OFFSET(end_wall_ns);
+    OFFSET(deadline);
+    OFFSET(details);
     OFFSET(duration_ns);
+    OFFSET(end_wall_ns);
+    OFFSET(error);
+    OFFSET(ids_token);
+    OFFSET(info);
+    OFFSET(metadata);
     OFFSET(msgs_in);
     OFFSET(msgs_out);
+    OFFSET(otel_span);
     OFFSET(peer);
-    OFFSET(deadline);
+    OFFSET(start_ns);
     OFFSET(trace);
-    OFFSET(metadata);
-    OFFSET(call_details);
 #undef OFFSET
     return 0;
 }
@@ -1227,23 +1245,19 @@ typedef struct {
     PyObject *pipeline, *record_type, *info_type, *deque_type, *deferred_type, *tracing_type,
         *append, *current_ids, *next_call_number, *perf_counter_ns, *time_ns, *monotonic,
         *python_start, *python_finish, *ok, *cancelled;
-    int aio, native_clocks;
+    int aio;
     Py_ssize_t off_deferred, off_keep_metadata, off_sink, off_tracing, off_errors; /* Pipeline */
     Py_ssize_t off_metrics;                                                       /* MethodInfo */
     Py_ssize_t off_pending, off_thread, off_max_pending;                    /* DeferredMetrics */
     Py_ssize_t off_tracer, off_next_check;                                  /* Tracing */
-    /* every CallRecord slot: a record is made here without running CallRecord.__init__ */
-    Py_ssize_t r_call_details, r_code, r_deadline, r_details, r_duration_ns, r_end_wall_ns,
-        r_error, r_ids_token, r_info, r_metadata, r_msgs_in, r_msgs_out, r_otel_span, r_peer,
-        r_start_ns, r_trace;
+    RecordSlots rec; /* all of them: a record is made here without CallRecord.__init__ */
 } ServerPath;
 
 static PyObject *s_pending, *s_thread, *s_max_pending, *s_kick, *s_tracer, *s_next_check,
     *s_rpc_event, *s_invocation_metadata, *s_call, *s_peer_method, *s_time_remaining,
     *s_state, *s_client, *s_append, *s_record, *s_cancelled_method, *s_ok_code,
     *s_start_metrics, *s_start_tracing, *s_finish_deferred, *s_deferred_attr, *s_keep_metadata,
-    *s_sink, *s_tracing, *s_errors, *s_details, *s_error, *s_ids_token,
-    *s_otel_span, *s_start_ns, *s_slots, *s_zero_int;
+    *s_sink, *s_tracing, *s_errors, *s_zero_int;
 
 #define NOT_OURS 1 /* a check failed: the Python reference takes the whole call */
 
@@ -1295,23 +1309,19 @@ append_to(ServerPath *self, PyObject *pending, PyObject *item)
 }
 
 /*
- * time.perf_counter_ns() / time_ns() / monotonic(). On Linux CPython reads them with
- * clock_gettime (CLOCK_MONOTONIC for perf_counter and monotonic, CLOCK_REALTIME for time), so
- * when we were given exactly those functions we read the same clocks directly: a record
- * started here and finished in Python (or the reverse) measures on one clock. Elsewhere, or
- * given other callables (tests), we call them.
+ * time.perf_counter_ns() / time_ns() / monotonic(), the clocks the Python path reads. On Linux
+ * CPython reads them with clock_gettime (CLOCK_MONOTONIC for perf_counter and monotonic,
+ * CLOCK_REALTIME for time), so we read the same clocks directly: a record started here and
+ * finished in Python (or the reverse) measures on one clock. Elsewhere we call time's.
  */
 static PyObject *
-clock_ns(ServerPath *self, PyObject *fallback, int realtime)
+clock_ns(PyObject *fallback, int realtime)
 {
 #if defined(__linux__)
-    if (self->native_clocks) {
-        struct timespec ts;
-        if (clock_gettime(realtime ? CLOCK_REALTIME : CLOCK_MONOTONIC, &ts) == 0)
-            return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
-    }
+    struct timespec ts;
+    if (clock_gettime(realtime ? CLOCK_REALTIME : CLOCK_MONOTONIC, &ts) == 0)
+        return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
 #else
-    (void)self;
     (void)realtime;
 #endif
     return PyObject_CallNoArgs(fallback);
@@ -1324,11 +1334,9 @@ monotonic_reached(ServerPath *self, double limit)
     PyObject *now;
     int r;
 #if defined(__linux__)
-    if (self->native_clocks) {
-        struct timespec ts;
-        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
-            return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 >= limit;
-    }
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 >= limit;
 #endif
     if ((now = PyObject_CallNoArgs(self->monotonic)) == NULL)
         return -1;
@@ -1374,7 +1382,7 @@ start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metada
             goto not_ours;
         }
     }
-    if ((start_ns = clock_ns(self, self->perf_counter_ns, 0)) == NULL)
+    if ((start_ns = clock_ns(self->perf_counter_ns, 0)) == NULL)
         goto error;
     if (metadata == Py_None) {
         /* Sync: grpc's per-call event, as Pipeline.start_server reads it. */
@@ -1414,23 +1422,23 @@ start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metada
     record = ((PyTypeObject *)self->record_type)->tp_alloc((PyTypeObject *)self->record_type, 0);
     if (record == NULL)
         goto error;
-#define SET(off, value) (SLOT(record, self->off) = Py_NewRef(value))
-    SET(r_info, info);
-    SET(r_start_ns, start_ns);
-    SET(r_code, s_ok_code);
-    SET(r_details, Py_None);
-    SET(r_error, Py_None);
-    SET(r_duration_ns, s_zero_int);
-    SET(r_end_wall_ns, s_zero_int);
-    SET(r_msgs_in, s_zero_int);
-    SET(r_msgs_out, s_zero_int);
-    SET(r_peer, peer != NULL ? peer : Py_None);
-    SET(r_deadline, deadline != NULL ? deadline : Py_None);
-    SET(r_call_details, details != NULL ? details : Py_None);
-    SET(r_metadata, Py_None);
-    SET(r_trace, Py_None);
-    SET(r_ids_token, Py_None);
-    SET(r_otel_span, Py_None);
+#define SET(slot, value) (SLOT(record, self->rec.slot) = Py_NewRef(value))
+    SET(info, info);
+    SET(start_ns, start_ns);
+    SET(code, s_ok_code);
+    SET(details, Py_None);
+    SET(error, Py_None);
+    SET(duration_ns, s_zero_int);
+    SET(end_wall_ns, s_zero_int);
+    SET(msgs_in, s_zero_int);
+    SET(msgs_out, s_zero_int);
+    SET(peer, peer != NULL ? peer : Py_None);
+    SET(deadline, deadline != NULL ? deadline : Py_None);
+    SET(call_details, details != NULL ? details : Py_None);
+    SET(metadata, Py_None);
+    SET(trace, Py_None);
+    SET(ids_token, Py_None);
+    SET(otel_span, Py_None);
     if (metrics != Py_None) {
         /* "started", counted in the next batch (Pipeline._started) */
         if (append_to(self, pending, metrics) < 0)
@@ -1442,11 +1450,11 @@ start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metada
         if (number != NULL && has_md >= 0)
             trace = PyTuple_Pack(2, has_md ? md : Py_None, number);
         if (trace != NULL && (token = PyContextVar_Set(self->current_ids, trace)) != NULL) {
-            Py_SETREF(SLOT(record, self->r_trace), Py_NewRef(trace));
+            Py_SETREF(SLOT(record, self->rec.trace), Py_NewRef(trace));
             if (own_task)
                 Py_DECREF(token);
             else
-                Py_SETREF(SLOT(record, self->r_ids_token), token);
+                Py_SETREF(SLOT(record, self->rec.ids_token), token);
         } else {
             count_error(self, s_start_tracing);
         }
@@ -1454,7 +1462,7 @@ start_fast(ServerPath *self, PyObject *info, PyObject *context, PyObject *metada
         Py_XDECREF(trace);
     }
     if (keep_md)
-        Py_SETREF(SLOT(record, self->r_metadata), Py_NewRef(md));
+        Py_SETREF(SLOT(record, self->rec.metadata), Py_NewRef(md));
 #undef SET
     *ours = 1;
     goto done;
@@ -1582,25 +1590,25 @@ ServerPath_finish(ServerPath *self, PyObject *const *args, Py_ssize_t nargsf, Py
     /* The status first: it may call Python code (grpc's), during which other threads run;
      * then the reads that call nothing. */
     if (Py_TYPE(record) != (PyTypeObject *)self->record_type || args[2] != Py_None
-        || ended_ok(self, args[1]) != 0 || SLOT(record, self->r_otel_span) != Py_None
-        || (start = SLOT(record, self->r_start_ns)) == NULL || !PyLong_CheckExact(start)
+        || ended_ok(self, args[1]) != 0 || SLOT(record, self->rec.otel_span) != Py_None
+        || (start = SLOT(record, self->rec.start_ns)) == NULL || !PyLong_CheckExact(start)
         || (pending = plain_pending(self, &deferred)) == NULL)
         goto python;
     unary_out = nargs > 3 ? PyObject_IsTrue(args[3]) : 0;
-    if (unary_out < 0 || (end = clock_ns(self, self->perf_counter_ns, 0)) == NULL
-        || (wall = clock_ns(self, self->time_ns, 1)) == NULL
+    if (unary_out < 0 || (end = clock_ns(self->perf_counter_ns, 0)) == NULL
+        || (wall = clock_ns(self->time_ns, 1)) == NULL
         || (duration = PyNumber_Subtract(end, start)) == NULL) {
         PyErr_Clear();
         goto python;
     }
     /* Checked: the effects, in Pipeline.finish's order. */
     if (unary_out)
-        Py_SETREF(SLOT(record, self->r_msgs_out), Py_NewRef(s_one));
-    Py_SETREF(SLOT(record, self->r_duration_ns), duration);
-    Py_SETREF(SLOT(record, self->r_end_wall_ns), wall);
-    token = SLOT(record, self->r_ids_token);
+        Py_SETREF(SLOT(record, self->rec.msgs_out), Py_NewRef(s_one));
+    Py_SETREF(SLOT(record, self->rec.duration_ns), duration);
+    Py_SETREF(SLOT(record, self->rec.end_wall_ns), wall);
+    token = SLOT(record, self->rec.ids_token);
     if (token != NULL && token != Py_None) {
-        SLOT(record, self->r_ids_token) = Py_NewRef(Py_None);
+        SLOT(record, self->rec.ids_token) = Py_NewRef(Py_None);
         /* Reset from another context (a generator finished on another thread or task)
          * fails; the variable dies with that context anyway. */
         if (PyContextVar_Reset(self->current_ids, token) < 0)
@@ -1635,28 +1643,18 @@ ServerPath_init(ServerPath *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"pipeline", "record_type", "info_type", "deque_type",
                              "deferred_type", "tracing_type", "current_ids", "next_call_number",
-                             "perf_counter_ns", "time_ns", "monotonic", "python_start",
-                             "python_finish", "aio", "ok", "cancelled", NULL};
-    PyObject *pipeline, *rec_t, *info_t, *deque_t, *deferred_t, *tracing_t, *ids, *next, *perf,
-        *wall, *mono, *py_start, *py_finish, *ok, *cancelled, *slots, *append, *time_mod;
-    int aio, native;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!O!O!OOOOOOpOU", kwlist, &pipeline,
+                             "python_start", "python_finish", "aio", "ok", "cancelled", NULL};
+    PyObject *pipeline, *rec_t, *info_t, *deque_t, *deferred_t, *tracing_t, *ids, *next,
+        *py_start, *py_finish, *ok, *cancelled, *append, *time_mod, *perf, *wall, *mono;
+    int aio;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O!O!O!O!OOOpOU", kwlist, &pipeline,
                                      &PyType_Type, &rec_t, &PyType_Type, &info_t, &PyType_Type,
                                      &deque_t, &PyType_Type, &deferred_t, &PyType_Type,
-                                     &tracing_t, &PyContextVar_Type, &ids, &next, &perf, &wall,
-                                     &mono, &py_start, &py_finish, &aio, &ok, &cancelled))
+                                     &tracing_t, &PyContextVar_Type, &ids, &next, &py_start,
+                                     &py_finish, &aio, &ok, &cancelled))
         return -1;
-    /* Every slot of CallRecord is set here; a slot added in Python but not here would be
-     * left unset on records made in C, so refuse (and the Python path is used). */
-    slots = PyObject_GetAttr(rec_t, s_slots);
-    if (slots == NULL)
+    if (record_slots(rec_t, &self->rec) < 0)
         return -1;
-    if (!PyTuple_Check(slots) || PyTuple_GET_SIZE(slots) != 16) {
-        Py_DECREF(slots);
-        PyErr_SetString(PyExc_TypeError, "CallRecord.__slots__ changed: update ServerPath");
-        return -1;
-    }
-    Py_DECREF(slots);
 #define OFFSET(field, type, name)                                             \
     if ((self->field = slot_offset(type, name)) < 0)                          \
         return -1;
@@ -1666,22 +1664,6 @@ ServerPath_init(ServerPath *self, PyObject *args, PyObject *kwds)
     OFFSET(off_tracing, (PyObject *)Py_TYPE(pipeline), s_tracing);
     OFFSET(off_errors, (PyObject *)Py_TYPE(pipeline), s_errors);
     OFFSET(off_metrics, info_t, s_metrics);
-    OFFSET(r_call_details, rec_t, s_call_details);
-    OFFSET(r_code, rec_t, s_code);
-    OFFSET(r_deadline, rec_t, s_deadline);
-    OFFSET(r_details, rec_t, s_details);
-    OFFSET(r_duration_ns, rec_t, s_duration_ns);
-    OFFSET(r_end_wall_ns, rec_t, s_end_wall_ns);
-    OFFSET(r_error, rec_t, s_error);
-    OFFSET(r_ids_token, rec_t, s_ids_token);
-    OFFSET(r_info, rec_t, s_info);
-    OFFSET(r_metadata, rec_t, s_metadata);
-    OFFSET(r_msgs_in, rec_t, s_msgs_in);
-    OFFSET(r_msgs_out, rec_t, s_msgs_out);
-    OFFSET(r_otel_span, rec_t, s_otel_span);
-    OFFSET(r_peer, rec_t, s_peer);
-    OFFSET(r_start_ns, rec_t, s_start_ns);
-    OFFSET(r_trace, rec_t, s_trace);
     OFFSET(off_pending, deferred_t, s_pending);
     OFFSET(off_thread, deferred_t, s_thread);
     OFFSET(off_max_pending, deferred_t, s_max_pending);
@@ -1691,22 +1673,19 @@ ServerPath_init(ServerPath *self, PyObject *args, PyObject *kwds)
     if ((append = PyObject_GetAttr(deque_t, s_append)) == NULL)
         return -1;
     Py_XSETREF(self->append, append);
-    /* The clocks are read directly only when they are exactly time's (see clock_ns). */
+    /* time's clocks, for platforms where clock_ns cannot read them directly */
     if ((time_mod = PyImport_ImportModule("time")) == NULL)
         return -1;
-    {
-        PyObject *p = PyObject_GetAttrString(time_mod, "perf_counter_ns"),
-                 *w = PyObject_GetAttrString(time_mod, "time_ns"),
-                 *m = PyObject_GetAttrString(time_mod, "monotonic");
-        native = p == perf && w == wall && m == mono;
-        Py_XDECREF(p);
-        Py_XDECREF(w);
-        Py_XDECREF(m);
-        Py_DECREF(time_mod);
-        if (PyErr_Occurred())
-            return -1;
+    perf = PyObject_GetAttrString(time_mod, "perf_counter_ns");
+    wall = PyObject_GetAttrString(time_mod, "time_ns");
+    mono = PyObject_GetAttrString(time_mod, "monotonic");
+    Py_DECREF(time_mod);
+    if (perf == NULL || wall == NULL || mono == NULL) {
+        Py_XDECREF(perf);
+        Py_XDECREF(wall);
+        Py_XDECREF(mono);
+        return -1;
     }
-    self->native_clocks = native;
     Py_XSETREF(self->pipeline, Py_NewRef(pipeline));
     Py_XSETREF(self->record_type, Py_NewRef(rec_t));
     Py_XSETREF(self->info_type, Py_NewRef(info_t));
@@ -1715,9 +1694,9 @@ ServerPath_init(ServerPath *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->tracing_type, Py_NewRef(tracing_t));
     Py_XSETREF(self->current_ids, Py_NewRef(ids));
     Py_XSETREF(self->next_call_number, Py_NewRef(next));
-    Py_XSETREF(self->perf_counter_ns, Py_NewRef(perf));
-    Py_XSETREF(self->time_ns, Py_NewRef(wall));
-    Py_XSETREF(self->monotonic, Py_NewRef(mono));
+    Py_XSETREF(self->perf_counter_ns, perf);
+    Py_XSETREF(self->time_ns, wall);
+    Py_XSETREF(self->monotonic, mono);
     Py_XSETREF(self->python_start, Py_NewRef(py_start));
     Py_XSETREF(self->python_finish, Py_NewRef(py_finish));
     Py_XSETREF(self->ok, Py_NewRef(ok));
