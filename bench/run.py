@@ -27,15 +27,33 @@ Method, one mode after the other (a mode's servers are stopped before the next m
 2. every repetition runs one phase of ``--calls`` calls on every (process, config), in an order
    shuffled afresh per repetition (seeded by ``--seed``, so reruns repeat it): slow patches of
    the machine and any carry-over from the phase before fall on all configs alike;
-3. per (process, config): the median over repetitions; per switch process: extra = median(config)
-   minus median(bare) of that process; estimate = median over the K processes of those extras,
-   bracket = their min .. max. Throughput and latency: per-process ratios (deltas) vs bare, then
-   the median over processes.
+3. per switch process and config: extra = the median over repetitions of (the config's phase
+   minus bare's phase of the same repetition); estimate = median over the K processes of those
+   extras, bracket = their min .. max. Throughput and latency: per-process medians over
+   repetitions, ratios (deltas) vs bare, then the median over processes.
+
+Why pair phases of one repetition, not medians: the phases of a repetition run within seconds of
+each other, and in a run of 6 processes x 30 repetitions (sync, 9d914a1) a config's phase and
+bare's phase of the same repetition were correlated (0.3 to 0.4): whatever drifts slower than a
+repetition cancels in their difference, and not in the difference of two medians.
+
+Why pin (``--no-pin`` turns it off): on this 2-CPU machine the harness is the client, and
+unpinned, where the scheduler puts the client's and the server's threads for a phase moves that
+phase's cost: bare sync cost 367 µs/call with both free, 258 with only the client pinned and 295
+with the server on one CPU and the client on the other. The servers therefore run on the last
+CPU and the harness on the others, which is also a deployment's shape: the callers are not on
+the server's CPUs. In runs of the same code (sync, 6 processes x 30 repetitions, rpcscope-full
+and py-grpc-prometheus), the spread of the per-process extras was 15 and 28 µs/call unpinned
+and 7 to 12 pinned (two runs); aio was not quieter pinned (one run). What pinning the server to
+one CPU hides is the cost of rpcscope's background batch running on another CPU than the calls
+it reads: measured in-process (calls made on one CPU, then their batch drained on the same or
+the other CPU, alternating, 57 rounds of 300), about 0.5 µs per call for rpcscope-full.
 
     .venv/bin/python bench/run.py                          # defaults: about 11 minutes
     .venv/bin/python bench/run.py --reps 60                # tighter numbers, ~18 minutes
     .venv/bin/python bench/run.py --profile rpcscope-full  # where does the time go?
     .venv/bin/python bench/run.py --smoke --out /tmp/b.md  # seconds; proves the harness works
+    .venv/bin/python bench/run.py --no-pin                 # let the scheduler place everything
 
 Writes ``docs/benchmarks.md`` (``--out``) and, with ``--json``, the raw per-phase numbers.
 """
@@ -64,7 +82,17 @@ from typing import Any, TextIO
 
 import grpc
 from client import Phase, aio_phase, percentile, sync_phase
-from server import CONFIGS, DESCRIPTIONS, DIAGNOSTIC_CONFIGS, FULL_METHOD, UNSWITCHABLE
+from server import (
+    CONFIGS,
+    DESCRIPTIONS,
+    DIAGNOSTIC_CONFIGS,
+    FULL_METHOD,
+    UNSWITCHABLE,
+    allowed_cpus,
+    format_cpus,
+    parse_cpus,
+    pin_process,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -199,6 +227,10 @@ class ServerProc:
         """What each config's instrumentation recorded so far, by config (``stats``)."""
         return dict(json.loads(self._ask("stats", "STATS ")))
 
+    def cpus(self) -> set[int]:
+        """The CPUs any of the server's threads may run on now (``cpus``)."""
+        return parse_cpus(self._ask("cpus", "CPUS "))
+
     def _readline(self, timeout: float) -> str:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -298,6 +330,7 @@ class Process:
     server: ServerProc | None = None
     skipped: str | None = None  # did not start
     failure: str | None = None  # stopped answering part-way: every config of it is retired
+    cpus: set[int] | None = None  # where its threads could run, read back at the end
 
     @property
     def name(self) -> str:
@@ -415,7 +448,9 @@ def start_servers(
     slots: list[Slot],
     workdir: str,
     profile_dir: str | None,
+    server_cpus: set[int] | None,
 ) -> None:
+    pin = ["--cpus", format_cpus(server_cpus)] if server_cpus else []
     for process in processes:
         profile = os.path.join(profile_dir, f"{process.name}.prof") if profile_dir else None
         process.server = ServerProc(
@@ -425,6 +460,7 @@ def start_servers(
             process.name,
             profile,
             switch=profile_dir is None,
+            extra_args=pin,
         )
     for process in processes:
         assert process.server is not None
@@ -471,7 +507,7 @@ def run_mode(
     """Start one mode's servers, warm every (process, config) up, measure, stop them."""
     processes, slots = plan(mode, args, profiling=profile_dir is not None)
     began = time.monotonic()
-    start_servers(processes, slots, workdir, profile_dir)
+    start_servers(processes, slots, workdir, profile_dir, args.server_cpus)
     up = [p for p in processes if p.server is not None]
     log(f"{mode}: {len(up)} server processes up in {time.monotonic() - began:.1f}s")
     clients = Clients(args.concurrency)
@@ -526,6 +562,7 @@ def run_mode(
                 continue
             try:
                 observed = process.server.observed()
+                process.cpus = process.server.cpus()
             except ServerError as exc:
                 retire_process(process, slots, f"stats: {exc}")
                 continue
@@ -562,6 +599,7 @@ class ProcStats:
     calls_per_s: float
     p50_us: float
     p99_us: float
+    cpu_by_rep: dict[int, float] = field(default_factory=dict)  # repetition -> CPU µs/call
 
 
 def proc_stats(slot: Slot) -> ProcStats | None:
@@ -576,6 +614,7 @@ def proc_stats(slot: Slot) -> ProcStats | None:
         calls_per_s=med(s.calls_per_s for s in x),
         p50_us=med(s.p50_us for s in x),
         p99_us=med(s.p99_us for s in x),
+        cpu_by_rep={s.rep: s.cpu_us_per_call for s in x},
     )
 
 
@@ -633,7 +672,18 @@ def analyse(slots: list[Slot]) -> list[Row]:
         used = {k: v for k, v in group.items() if k in ref}
         if not used:
             continue
-        extra = {k: v.cpu_us - ref[k].cpu_us for k, v in used.items()}
+        if paired:
+            # The median of the differences between the config's phase and bare's phase of the
+            # same repetition, not the difference of the two medians: phases of one repetition
+            # run within seconds of each other, so whatever drifts slower than that (the
+            # machine's other load, the process's state) cancels in each difference.
+            extra = {
+                k: float(med(v.cpu_by_rep[r] - ref[k].cpu_by_rep[r]
+                             for r in sorted(v.cpu_by_rep.keys() & ref[k].cpu_by_rep.keys())))
+                for k, v in used.items()
+            }
+        else:
+            extra = {k: v.cpu_us - ref[k].cpu_us for k, v in used.items()}
         if config == BARE:
             mid = med(v.cpu_us for v in used.values())
             low = min(v.cpu_us for v in used.values()) - mid
@@ -793,6 +843,40 @@ def command_line(argv: list[str]) -> str:
     return ".venv/bin/python bench/run.py " + shlex.join(argv)
 
 
+def pinning_text(args: argparse.Namespace, info: dict[str, Any], slots: list[Slot]) -> str:
+    """Where servers and clients ran, as read back from them (see "Why pin" in the docstring)."""
+    if not args.server_cpus:
+        return (
+            "not pinned (`--no-pin`, or a single CPU): the scheduler placed the servers' and "
+            "the harness's threads"
+        )
+    want = args.server_cpus
+    processes = {id(s.process): s.process for s in slots if s.process is not None}.values()
+    read = stray = 0
+    strays = []
+    for process in processes:
+        if process.cpus is not None:
+            read += 1
+            if process.cpus != want:
+                strays.append(f"{process.name} on {format_cpus(process.cpus)}")
+    stray = len(strays)
+    harness = info.get("harness_cpus")
+    text = (
+        f"every server process pinned to CPU {format_cpus(want)}, the harness (the clients) to "
+        f"CPU {format_cpus(args.client_cpus)}; read back at the end of each mode from every "
+        f"thread: {read - stray} of {read} server processes on CPU {format_cpus(want)} only"
+    )
+    if strays:
+        text += f" (**not pinned as asked:** {', '.join(strays)})"
+    if harness is not None:
+        ok = harness == args.client_cpus
+        text += (
+            f", the harness on CPU {format_cpus(harness)}"
+            + ("" if ok else " (**not pinned as asked**)")
+        )
+    return text + " (why: `bench/run.py`'s docstring)"
+
+
 def md_cell(text: str) -> str:
     """One line, pipes escaped: safe inside a markdown table cell (stderr tails are neither)."""
     return " ".join(text.split()).replace("|", "\\|")
@@ -881,6 +965,7 @@ def render(
         f"- **Command:** `{command_line(argv)}`",
         f"- **Date:** {started:%Y-%m-%d %H:%M} UTC, {wall_s:.0f} s wall clock (start-up and "
         "warm-up included)",
+        f"- **CPUs:** {pinning_text(args, info, slots)}",
         f"- **Machine:** {info['nproc']} CPUs ({info['cpu']}), 1-minute load average "
         f"{info['loadavg_at_start']:.2f} at start and {os.getloadavg()[0]:.2f} at the end "
         f"(the harness itself accounts for about 2); {info['platform']}",
@@ -946,8 +1031,9 @@ def render(
         "own access-log file, and none installing a global OTel provider: the server checks "
         "that), and every (process, config) is warmed up. Each repetition then runs one phase "
         "of every (process, config), in an order shuffled afresh (seeded), so slow patches of "
-        "the machine land on all configs alike. Per (process, config): the median over "
-        "repetitions. Per process: extra = that median minus bare's in the same process. "
+        "the machine land on all configs alike. Per process: extra = the median over "
+        "repetitions of the config's phase minus bare's phase of the same repetition (phases "
+        "of one repetition run seconds apart, so slower drift cancels in each difference). "
         f"Per config: the median over the {k} processes, bracketed by the smallest and "
         "largest per-process extra. Throughput, p50 and p99 are compared with bare the same "
         "way (per-process ratio or difference, then the median over processes); the absolute "
@@ -1010,11 +1096,11 @@ def render(
         "### Extra CPU µs/call per process",
         "",
         "Columns are the switch processes: each cell is that process's median over its "
-        "repetitions for the config minus its median for bare, so a column is a "
-        "self-contained comparison and the spread along a row is what the pairing leaves "
-        "(phase noise and any real process-to-process difference in a config's cost). The "
-        "bare row shows the per-process medians themselves (µs/call): the lottery the pairing "
-        "cancels."
+        "repetitions of the config's phase minus bare's phase of the same repetition, so a "
+        "column is a self-contained comparison and the spread along a row is what the "
+        "pairing leaves (phase noise and any real process-to-process difference in a "
+        "config's cost). The bare row shows the per-process medians themselves (µs/call): "
+        "the lottery the pairing cancels."
         + (
             f" {', '.join(own)}: columns are its own processes, not the switch processes, each "
             "minus bare's median over the switch processes."
@@ -1109,9 +1195,11 @@ def render(
         "config but the unswitchable ones, which get processes of their own; a mode's servers "
         "are all stopped before the next mode's start. Each repetition visits every (process, "
         "config) once, in a freshly shuffled order (`--seed` fixes it).",
-        "- The load generator runs in the harness process on the same machine, so it competes "
-        "for the same CPUs: throughput and latency are end-to-end on loopback, CPU per call "
-        "is the server's alone.",
+        "- The load generator runs in the harness process on the same machine (pinned to "
+        "other CPUs than the servers unless `--no-pin`): throughput and latency are end-to-end "
+        "on loopback, CPU per call is the server's alone. Pinned, a server's threads share one "
+        "CPU, so a cost that only appears when rpcscope's batch thread runs on another CPU "
+        "than the calls is not in these numbers (about 0.5 µs per call, see `bench/run.py`).",
         "- The noise band is the bracket in the table. Differences smaller than it are not "
         "results. Now that the lottery cancels, more repetitions (`--reps`) or calls per phase "
         "(`--calls`) narrow it, as do more processes (`--procs`).",
@@ -1280,6 +1368,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--seed", type=int, default=1, help="seed of the visiting order and of the bootstrap"
     )
     parser.add_argument("--concurrency", type=int, default=16, help="aio calls in flight")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the scheduler place servers and clients on any CPU (default: servers on the "
+        "last CPU, the harness on the others; see the module docstring)",
+    )
     parser.add_argument("--modes", default=",".join(MODES), help="comma list: sync,aio")
     parser.add_argument(
         "--configs",
@@ -1331,9 +1426,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, harness CPUs): the servers on the last CPU this process may use, the
+    harness and its clients on the others; (None, None) with ``--no-pin`` or a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    args.server_cpus, args.client_cpus = split_cpus(args.pin)
+    if args.client_cpus:
+        pin_process(args.client_cpus)  # before any channel starts gRPC's threads here
     with tempfile.TemporaryDirectory(prefix="rpcscope-bench-") as workdir:
         if args.profile:
             profile(args, workdir)
@@ -1343,6 +1450,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         slots = run(args, workdir)
         wall = time.monotonic() - t0
+        info["harness_cpus"] = allowed_cpus()
         micro = run_micro(args, workdir) if args.micro else None
     rows = analyse(slots)
     verdict = verdicts(rows, args.modes, args.seed)
@@ -1384,6 +1492,7 @@ def main(argv: list[str] | None = None) -> int:
                     "micro": micro,
                 },
                 indent=2,
+                default=lambda o: sorted(o) if isinstance(o, set) else str(o),
             ),
             encoding="utf-8",
         )

@@ -33,6 +33,9 @@ Control protocol on stdin/stdout (stdout carries nothing else, so no access log 
 * ``stats`` → print ``STATS <json>``, keyed by config: what each instrumentation itself recorded
   (calls counted, spans exported, access-log lines), so the harness can prove each config really
   instrumented every call it was timed on;
+* ``cpus`` → print ``CPUS <list>``: the CPUs any thread of this process may run on (with
+  ``--cpus``, the harness checks that every thread, gRPC's and telemetry's included, stayed
+  pinned);
 * ``quit`` or EOF → flush, shut down, and (with ``--profile``) write the cProfile stats.
 """
 
@@ -518,6 +521,8 @@ def _control(switch: Switch, stop: Callable[[], None]) -> None:
         elif command == "stats":
             observed = {config: instr.observed() for config, instr in switch.instrs.items()}
             print(f"STATS {json.dumps(observed)}", flush=True)
+        elif command == "cpus":
+            print(f"CPUS {format_cpus(allowed_cpus())}", flush=True)
         elif command == "quit":
             break
     stop()
@@ -620,6 +625,38 @@ def parse_configs(text: str) -> list[str]:
     return configs
 
 
+def pin_process(cpus: set[int]) -> None:
+    """Pin every thread of this process to ``cpus``; threads started later inherit it.
+
+    ``os.sched_setaffinity(0, ...)`` moves only the calling thread, so each thread listed in
+    ``/proc/self/task`` is moved (one that exits meanwhile is no longer ours to pin).
+    """
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except ProcessLookupError:
+            pass
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs any thread of this process may run on (the union over its threads)."""
+    cpus: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            cpus |= os.sched_getaffinity(int(task))
+        except ProcessLookupError:
+            pass
+    return cpus
+
+
+def format_cpus(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def parse_cpus(text: str) -> set[int]:
+    return {int(c) for c in text.split(",") if c}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -636,9 +673,13 @@ def main(argv: list[str] | None = None) -> int:
         help="install the switch interceptor even for a single config (implied by several)",
     )
     parser.add_argument("--profile", metavar="FILE", help="write merged cProfile stats here")
+    parser.add_argument("--cpus", metavar="LIST",
+                        help="pin every thread of the server to these CPUs (comma list)")
     parser.add_argument("--batch-interval", type=float, metavar="S",
                         help="rpcscope's background batch interval (bench/instructions.py)")
     args = parser.parse_args(argv)
+    if args.cpus:
+        pin_process(parse_cpus(args.cpus))  # before any config starts a thread
     global BATCH_INTERVAL_S  # noqa: PLW0603 - read by build(), set once before it runs
     BATCH_INTERVAL_S = args.batch_interval
     configs = parse_configs(args.config)

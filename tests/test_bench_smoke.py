@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,15 @@ def test_smoke_run_measures_every_config_and_writes_the_report(tmp_path: Path) -
 
     doc = out.read_text()
     assert f"bench/run.py --smoke --calls {CALLS}" in doc
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        # Pinned by default: every server thread on the last CPU, the harness on the others,
+        # as read back from the processes themselves.
+        assert data["args"]["server_cpus"] == cpus[-1:]
+        assert data["args"]["client_cpus"] == cpus[:-1]
+        assert data["machine"]["harness_cpus"] == cpus[:-1]
+        n = len({s["process"] for s in data["slots"] if s["process"]})
+        assert f"{n} of {n} server processes on CPU {cpus[-1]} only" in doc
     for mode in ("sync", "aio"):
         assert f"**{mode}: {verdicts[mode]['status']}**" in doc
         for config in ALWAYS_AVAILABLE:
@@ -136,3 +146,27 @@ def test_server_refuses_to_share_a_process_with_a_global_plugin(tmp_path: Path) 
     )
     assert proc.returncode != 0
     assert "process of its own" in proc.stderr
+
+
+def test_extra_pairs_each_phase_with_bare_of_the_same_repetition() -> None:
+    """A config's extra is the median of (its phase - bare's phase of the same repetition): what
+    drifts between repetitions cancels. Here bare drifts 100 -> 300 and the config is bare's
+    value of *another* repetition + 10; paired by repetition the extra is -90, while the
+    difference of the two medians would say +10."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    def slot(config: str, by_rep: dict[int, float]) -> run.Slot:
+        process = run.Process("sync", "paired", 0, ["bare", "rpcscope-full"])
+        samples = [run.Sample(r, 500, v, 1000.0, 500.0, 900.0) for r, v in by_rep.items()]
+        return run.Slot("sync", config, 0, process, samples)
+
+    rows = run.analyse(
+        [slot("bare", {0: 100.0, 1: 200.0, 2: 300.0}),
+         slot("rpcscope-full", {0: 310.0, 1: 110.0, 2: 210.0})]
+    )
+    full = next(r for r in rows if r.config == "rpcscope-full")
+    assert full.extra_by_proc == {0: -90.0} and full.extra_cpu_us == -90.0
