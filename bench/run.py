@@ -1438,6 +1438,7 @@ def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    info = machine()  # before pinning, which leaves this process fewer CPUs to count
     args.server_cpus, args.client_cpus = split_cpus(args.pin)
     if args.client_cpus:
         pin_process(args.client_cpus)  # before any channel starts gRPC's threads here
@@ -1445,7 +1446,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             profile(args, workdir)
             return 0
-        info = machine()
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.monotonic()
         slots = run(args, workdir)

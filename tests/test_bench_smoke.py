@@ -111,6 +111,7 @@ def test_smoke_run_measures_every_config_and_writes_the_report(tmp_path: Path) -
     doc = out.read_text()
     assert f"bench/run.py --smoke --calls {CALLS}" in doc
     cpus = sorted(os.sched_getaffinity(0))
+    assert data["machine"]["nproc"] == len(cpus)  # the machine's, not what pinning left us
     if len(cpus) >= 2:
         # Pinned by default: every server thread on the last CPU, the harness on the others,
         # as read back from the processes themselves.
