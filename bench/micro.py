@@ -179,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         calls = {c: one_call(c, workdir) for c in configs}
         for call, flush in calls.values():
             measure(call, flush, min(args.calls, 2000))  # warm caches and lazy set-up
-        best: dict[str, float] = {c: float("inf") for c in configs}
+        every: dict[str, list[float]] = {c: [] for c in configs}
         for _ in range(args.repeats):  # interleaved, like run.py; min is the least disturbed
             for config, (call, flush) in calls.items():
-                best[config] = min(best[config], measure(call, flush, args.calls, args.cold))
+                every[config].append(measure(call, flush, args.calls, args.cold))
+        best = {c: min(values) for c, values in every.items()}
     base = best.get("bare", 0.0)
     print(
         f"{'config':22} {'CPU µs/call':>12} {'over bare':>10}   "
@@ -194,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config:22} {best[config]:12.2f} {best[config] - base:+10.2f}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
+            # every repeat too: the spread of bare's is the noise band of the "over bare" column
             json.dump({"calls": args.calls, "repeats": args.repeats, "cold": args.cold,
-                       "cpu_us": best}, f)
+                       "cpu_us": best, "every_us": every}, f)
     return 0
 
 

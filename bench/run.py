@@ -1151,6 +1151,8 @@ def render(
         cold = micro.get("cold")
         cold_cpu: dict[str, float] = cold["cpu_us"] if cold else {}
         cold_base = cold_cpu.get(BARE, 0.0)
+        cold_bare = (cold or {}).get("every_us", {}).get(BARE) or [cold_base]
+        cold_noise = max(cold_bare) - min(cold_bare)
         out += [
             "",
             "### The instrumentation's own Python work, without gRPC (`bench/micro.py`)",
@@ -1164,10 +1166,17 @@ def render(
             "real context accessors take gRPC's locks. The **cold** column "
             "(`bench/micro.py --cold`"
             + (f", best of {cold['repeats']} x {cold['calls']} calls" if cold else "")
-            + ") evicts the caches before every call (it touches ~8k objects scattered over "
-            "~10 MB), which brings the costs much closer to the end-to-end ones and shows why "
-            "work moved off the request path into warm batches is worth more than its "
-            "in-loop cost suggests.",
+            + ") evicts the caches before every call: it touches ~8k objects scattered over "
+            f"~10 MB, which itself costs about {cold_base:.0f} µs per call (bare's cold "
+            + (
+                f"value) and moved by {cold_noise:.1f} µs between bare's repeats, so a cold "
+                "difference smaller than that is noise (why some come out below zero). Beyond "
+                if len(cold_bare) > 1
+                else "value; one repeat, so no noise estimate). Beyond "
+            )
+            + "the noise, it shows how a config's cost grows when its code and data are not "
+            "in the caches, as in a real server, and why work moved off the request path "
+            "into warm batches is worth more than its in-loop cost suggests.",
             "",
             "| config | CPU µs/call | over bare | cold: over bare |",
             "|---|---:|---:|---:|",
