@@ -1170,11 +1170,12 @@ def render(
             f"~10 MB, which itself costs about {cold_base:.0f} µs per call (bare's cold "
             + (
                 f"value) and moved by {cold_noise:.1f} µs between bare's repeats, so a cold "
-                "difference smaller than that is noise (why some come out below zero). Beyond "
+                "difference smaller than that is noise (why some come out below zero). Where a "
+                "difference stands well clear of it, "
                 if len(cold_bare) > 1
-                else "value; one repeat, so no noise estimate). Beyond "
+                else "value; one repeat, so no noise estimate). Where a difference is large, "
             )
-            + "the noise, it shows how a config's cost grows when its code and data are not "
+            + "it shows how a config's cost grows when its code and data are not "
             "in the caches, as in a real server, and why work moved off the request path "
             "into warm batches is worth more than its in-loop cost suggests.",
             "",
