@@ -679,7 +679,7 @@ def analyse(slots: list[Slot]) -> list[Row]:
             # machine's other load, the process's state) cancels in each difference.
             extra = {
                 k: float(med(v.cpu_by_rep[r] - ref[k].cpu_by_rep[r]
-                             for r in sorted(v.cpu_by_rep.keys() & ref[k].cpu_by_rep.keys())))
+                             for r in v.cpu_by_rep.keys() & ref[k].cpu_by_rep.keys()))
                 for k, v in used.items()
             }
         else:
@@ -851,20 +851,14 @@ def pinning_text(args: argparse.Namespace, info: dict[str, Any], slots: list[Slo
             "the harness's threads"
         )
     want = args.server_cpus
-    processes = {id(s.process): s.process for s in slots if s.process is not None}.values()
-    read = stray = 0
-    strays = []
-    for process in processes:
-        if process.cpus is not None:
-            read += 1
-            if process.cpus != want:
-                strays.append(f"{process.name} on {format_cpus(process.cpus)}")
-    stray = len(strays)
+    seen = {s.process.name: s.process.cpus for s in slots if s.process and s.process.cpus}
+    strays = [f"{name} on {format_cpus(cpus)}" for name, cpus in seen.items() if cpus != want]
     harness = info.get("harness_cpus")
     text = (
         f"every server process pinned to CPU {format_cpus(want)}, the harness (the clients) to "
         f"CPU {format_cpus(args.client_cpus)}; read back at the end of each mode from every "
-        f"thread: {read - stray} of {read} server processes on CPU {format_cpus(want)} only"
+        f"thread: {len(seen) - len(strays)} of {len(seen)} server processes on CPU "
+        f"{format_cpus(want)} only"
     )
     if strays:
         text += f" (**not pinned as asked:** {', '.join(strays)})"

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import grpc
 import pytest
 
+from rpcscope import schema
 from rpcscope.collector._core import CallRecord, MetadataPicker, MethodInfo, load_speedups
 from rpcscope.collector._deferred import DeferredMetrics
 from rpcscope.exporters._ecs import Identity, call_document
@@ -671,3 +672,27 @@ def test_c_finish_starts_the_batch_thread() -> None:
     assert deferred.thread.is_alive()
 
 
+
+
+@pytest.mark.parametrize("limit", [10, 10.5], ids=["int", "float"])
+def test_c_finish_folds_in_itself_when_the_batch_thread_is_starved(limit: float) -> None:
+    """Past max_pending the C finish folds the queue in itself, as Pipeline.finish does: bounded
+    memory, exact counts. A limit C cannot compare (a float) is left to kick(), which checks."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    path, pipe, info, calls, _ = _server_path(False, access_log="off", registry=registry)
+    deferred = pipe._deferred
+    deferred.max_pending = limit  # the batch thread (this one, see _server_path) never drains
+    sizes = []
+    for _ in range(95):
+        context = _SyncContext()
+        path.finish(path.start(info, context), context, None, True)
+        sizes.append(len(deferred.pending))
+    # Two items per call ("started", then the record); folded in once more than 10 wait.
+    assert max(sizes) == 10 and sizes[:6] == [2, 4, 6, 8, 10, 0]
+    assert calls == []  # every call took the C path
+    deferred.drain()
+    labels = {"grpc_type": "unary", "grpc_service": "t.v1.T", "grpc_method": "M"}
+    assert registry.get_sample_value(schema.SERVER_STARTED, labels) == 95
+    assert registry.get_sample_value(schema.SERVER_HANDLED, {**labels, "grpc_code": "OK"}) == 95

@@ -778,7 +778,8 @@ slot_offset(PyObject *type, PyObject *name)
     if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)
         || ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
         if (!PyErr_Occurred())
-            PyErr_Format(PyExc_TypeError, "record type has no __slots__ member %R", name);
+            PyErr_Format(PyExc_TypeError, "%s has no __slots__ member %R",
+                         ((PyTypeObject *)type)->tp_name, name);
         return -1;
     }
     return ((PyMemberDescrObject *)descr)->d_member->offset;
@@ -1546,34 +1547,29 @@ ended_ok(ServerPath *self, PyObject *context)
     }
 }
 
-/* Pipeline.finish's ``thread is None or len(pending) > max_pending``: 1, 0, or -1 (error). */
+/*
+ * Pipeline.finish's ``thread is None or len(pending) > max_pending``: 1, 0, or -1 (error).
+ * A max_pending that is not an int C can compare says 1: kick() checks both conditions again
+ * itself, so an extra kick changes nothing.
+ */
 static int
 needs_kick(ServerPath *self, PyObject *deferred, PyObject *pending)
 {
-    PyObject *thread = SLOT(deferred, self->off_thread), *limit, *size;
-    Py_ssize_t n, max;
-    int r;
-    if (thread == NULL || (limit = SLOT(deferred, self->off_max_pending)) == NULL) {
+    PyObject *thread = SLOT(deferred, self->off_thread),
+             *limit = SLOT(deferred, self->off_max_pending);
+    Py_ssize_t max;
+    if (thread == NULL || limit == NULL) {
         PyErr_SetString(PyExc_AttributeError, "DeferredMetrics.thread/max_pending unset");
         return -1;
     }
-    if (thread == Py_None)
+    if (thread == Py_None || !PyLong_CheckExact(limit))
         return 1;
-    n = PyObject_Length(pending);
-    if (n < 0)
-        return -1;
-    if (PyLong_CheckExact(limit)) {
-        max = PyLong_AsSsize_t(limit);
-        if (max != -1 || !PyErr_Occurred())
-            return n > max;
+    max = PyLong_AsSsize_t(limit);
+    if (max == -1 && PyErr_Occurred()) {
         PyErr_Clear();
+        return 1;
     }
-    Py_INCREF(limit);
-    size = PyLong_FromSsize_t(n);
-    r = size == NULL ? -1 : PyObject_RichCompareBool(size, limit, Py_GT);
-    Py_XDECREF(size);
-    Py_DECREF(limit);
-    return r;
+    return PyObject_Length(pending) > max; /* an exact deque: cannot fail */
 }
 
 /* finish(record, context, error, unary_out=False): the server finisher's signature. */
