@@ -156,16 +156,17 @@ def test_extra_pairs_each_phase_with_bare_of_the_same_repetition() -> None:
     difference of the two medians would say +10."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import run
+        import harness
+        import stats
     finally:
         sys.path.remove(str(ROOT / "bench"))
 
-    def slot(config: str, by_rep: dict[int, float]) -> run.Slot:
-        process = run.Process("sync", "paired", 0, ["bare", "rpcscope-full"])
-        samples = [run.Sample(r, 500, v, 1000.0, 500.0, 900.0) for r, v in by_rep.items()]
-        return run.Slot("sync", config, 0, process, samples)
+    def slot(config: str, by_rep: dict[int, float]) -> harness.Slot:
+        process = harness.Process("sync", "paired", 0, ["bare", "rpcscope-full"])
+        samples = [harness.Sample(r, 500, v, 1000.0, 500.0, 900.0) for r, v in by_rep.items()]
+        return harness.Slot("sync", config, 0, process, samples)
 
-    rows = run.analyse(
+    rows = stats.analyse(
         [slot("bare", {0: 100.0, 1: 200.0, 2: 300.0}),
          slot("rpcscope-full", {0: 310.0, 1: 110.0, 2: 210.0})]
     )
