@@ -449,7 +449,7 @@ def run_mode(
             f"{time.monotonic() - began:.1f}s"
         )
         for rep in range(args.reps):
-            # A fresh shuffle of every (process, config) per repetition: see the module docstring.
+            # A fresh shuffle of every (process, config) per repetition: see docs/performance.md.
             order = [s for s in slots if s.live]
             rng.shuffle(order)
             began = time.monotonic()

@@ -90,7 +90,7 @@ def command_line(argv: list[str]) -> str:
 
 
 def pinning_text(args: argparse.Namespace, info: dict[str, Any], slots: list[Slot]) -> str:
-    """Where servers and clients ran, as read back from them (see "Why pin" in the docstring)."""
+    """Where servers and clients ran, as read back from them (why pin: docs/performance.md)."""
     if not args.server_cpus:
         return (
             "not pinned (`--no-pin`, or a single CPU): the scheduler placed the servers' and "
@@ -114,7 +114,7 @@ def pinning_text(args: argparse.Namespace, info: dict[str, Any], slots: list[Slo
             f", the harness on CPU {format_cpus(harness)}"
             + ("" if ok else " (**not pinned as asked**)")
         )
-    return text + " (why: `bench/run.py`'s docstring)"
+    return text + " (why: `docs/performance.md`)"
 
 
 def md_cell(text: str) -> str:
@@ -421,7 +421,8 @@ def render(
         "other CPUs than the servers unless `--no-pin`): throughput and latency are end-to-end "
         "on loopback, CPU per call is the server's alone. Pinned, a server's threads share one "
         "CPU, so a cost that only appears when rpcscope's batch thread runs on another CPU "
-        "than the calls is not in these numbers (about 0.5 µs per call, see `bench/run.py`).",
+        "than the calls is not in these numbers (about 0.5 µs per call, see "
+        "`docs/performance.md`).",
         "- The noise band is the bracket in the table. Differences smaller than it are not "
         "results. Now that the lottery cancels, more repetitions (`--reps`) or calls per phase "
         "(`--calls`) narrow it, as do more processes (`--procs`).",

@@ -1,53 +1,6 @@
 """Overhead benchmark (issue 2 §6): server CPU per call, throughput and latency vs a bare server.
 
-``make bench`` runs this file. The extra CPU of a config is a **paired difference inside one server
-process**: ``--procs`` K switch processes per mode (``bench/server.py`` in switch mode) each build
-every config at once, and a control command selects which one the next phase runs under.
-
-Why pair inside a process: twin server processes differ by ~15 µs/call sd for their whole life, as
-if each drew a lottery ticket at start-up (thread placement, memory layout): three bare sync
-servers measured for 30 x 500 calls each had medians of 340.5, 310.7 and 310.7 µs/call; six had
-means of 312.7 to 354.8 µs/call, a process effect of ~16 µs/call sd on top of the repetition noise,
-as large as the differences this benchmark is after. With a process per config, "config minus
-bare" compared two lottery tickets (a no-op interceptor that costs < 1 µs per call in-process once
-came out at +21 µs), and the previous cure, K processes per config, only shrinks the lottery by
-√K. A config phase minus a bare phase *of the same process* does not draw at all: the lottery
-cancels. A first run of the prototype (4 processes x 8 repetitions x 500 calls, sync) gave
-py-grpc-prometheus +44.0 µs/call with per-process values 39 to 49, far tighter than before.
-
-``grpcio-observability`` cannot be switched (a process-global plugin registered before the server
-exists, instrumenting every call): it runs in K processes of its own, compared with the bare
-phases of the switch processes, i.e. *across* processes, lottery included (its extra, +55 to
-+135 µs/call in the runs so far, is well beyond the lottery, and the verdict does not use it).
-
-Method, one mode after the other (a mode's servers are stopped before the next mode's start):
-
-1. start K switch processes (every switchable config) and K processes per unswitchable config;
-   warm every (process, config) up;
-2. every repetition runs one phase of ``--calls`` calls on every (process, config), in an order
-   shuffled afresh per repetition (seeded by ``--seed``, so reruns repeat it): slow patches of
-   the machine and any carry-over from the phase before fall on all configs alike;
-3. per switch process and config: extra = the median over repetitions of (the config's phase
-   minus bare's phase of the same repetition); estimate = median over the K processes of those
-   extras, bracket = their min .. max. Throughput and latency: per-process medians over
-   repetitions, ratios (deltas) vs bare, then the median over processes.
-
-Why pair phases of one repetition, not medians: the phases of a repetition run within seconds of
-each other, and in a run of 6 processes x 30 repetitions (sync, 9d914a1) a config's phase and
-bare's phase of the same repetition were correlated (0.3 to 0.4): whatever drifts slower than a
-repetition cancels in their difference, and not in the difference of two medians.
-
-Why pin (``--no-pin`` turns it off): on this 2-CPU machine the harness is the client, and
-unpinned, where the scheduler puts the client's and the server's threads for a phase moves that
-phase's cost: bare sync cost 367 µs/call with both free, 258 with only the client pinned and 295
-with the server on one CPU and the client on the other. The servers therefore run on the last
-CPU and the harness on the others, which is also a deployment's shape: the callers are not on
-the server's CPUs. In runs of the same code (sync, 6 processes x 30 repetitions, rpcscope-full
-and py-grpc-prometheus), the spread of the per-process extras was 15 and 28 µs/call unpinned
-and 7 to 12 pinned (two runs); aio was not quieter pinned (one run). What pinning the server to
-one CPU hides is the cost of rpcscope's background batch running on another CPU than the calls
-it reads: measured in-process (calls made on one CPU, then their batch drained on the same or
-the other CPU, alternating, 57 rounds of 300), about 0.5 µs per call for rpcscope-full.
+``make bench`` runs this file; method, why it pairs and pins, and the figures: docs/performance.md.
 
     .venv/bin/python bench/run.py                          # defaults: about 11 minutes
     .venv/bin/python bench/run.py --reps 60                # tighter numbers, ~18 minutes
@@ -87,14 +40,7 @@ OWN_CODE = {
     "py-grpc-prometheus": r"(py_grpc_prometheus|prometheus_client)/",
     "otel-grpc": r"opentelemetry/",
 }
-#: Defaults sized for ``make bench`` (7 configs, both modes) to take about 11 minutes on 2 CPUs.
-#: Measured 2026-11-26 (5 switch + 5 grpcio-observability processes per mode, 4 x 500 calls, idle
-#: machine): a phase of 500 calls takes ~0.24 s sync and ~0.18 s aio, so ~9 + ~6 s per repetition
-#: over both modes (35 phases each), ~15-16 s with some load; on top come ~130 s of start-up,
-#: warm-up, grpcio-observability's aio hangs (~12 s per hung process; most of its 5 hang) and the
-#: micro-benchmark. 32 repetitions: ~510 + ~130 s. More repetitions rather than more processes:
-#: pairing inside a process cancels the process lottery, so what is left to average is the phase
-#: noise (sd per phase of 500 calls: ~8-30 µs/call sync, ~40 aio).
+#: Defaults sized for ``make bench`` to take about 11 minutes on 2 CPUs: docs/performance.md.
 DEFAULT_PROCS = 5
 DEFAULT_CALLS = 500
 DEFAULT_REPS = 32
@@ -163,10 +109,7 @@ def profile(args: argparse.Namespace, workdir: str) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # The lottery cancels inside a process (see the module docstring), so what narrows the result
-    # now is repetitions: each (process, config) median needs enough phases to tame the phase
-    # noise. Many short phases beat few long ones on a shared machine: a burst of someone else's
-    # work then spoils one phase, which the median over repetitions discards.
+    # Why repetitions narrow the result more than processes do: docs/performance.md.
     parser.add_argument(
         "--procs",
         type=int,
@@ -198,7 +141,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         dest="pin",
         action="store_false",
         help="let the scheduler place servers and clients on any CPU (default: servers on the "
-        "last CPU, the harness on the others; see the module docstring)",
+        "last CPU, the harness on the others; see docs/performance.md)",
     )
     parser.add_argument("--modes", default=",".join(MODES), help="comma list: sync,aio")
     parser.add_argument(

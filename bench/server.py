@@ -15,7 +15,7 @@ resolution (``/proc/<pid>/stat`` has only 10 ms ticks).
 its own log directory, and the server gets one *switch* interceptor that hands
 ``intercept_service`` to the active config's interceptors (straight to ``continuation`` for
 ``bare``). The harness selects a config before each phase, so configs are compared *inside one
-process*: twin processes differ in CPU per call for their whole life (see ``bench/run.py``), and
+process*: twin processes differ in CPU per call for their whole life (see docs/performance.md), and
 a paired difference within a process cancels that. Only configs that leave global state alone
 can share a process: ``grpcio-observability`` registers a process-global plugin that instruments
 every call, so it is refused here (run it alone, with ``--switch`` so its gRPC pipeline matches
