@@ -1,14 +1,12 @@
 """Instructions per call under callgrind: a low-noise companion to ``bench/run.py``.
 
 Why: ``bench/run.py`` measures what the issue's target is about (server CPU time per call), but
-on this shared 2-CPU machine a config's extra CPU differs by 10-30 µs between server processes
-and between runs, so two runs on the same code put rpcscope-full at 0.39 and 0.78 of
-py-grpc-prometheus's extra. That cannot tell whether a change saved 2 µs. Valgrind's callgrind
-counts the instructions the server executes, and simulates its caches; only thread scheduling
-varies between runs, so counts repeat to a few percent (below). Instructions are not time
-(a cache miss costs more than an instruction; callgrind's cache model is one simplified
-core), so this answers "did the change make rpcscope do less work, and how much less than
-py-grpc-prometheus", not the target itself.
+on a shared machine its noise between server processes and between runs is too wide to tell
+whether a change saved a couple of µs. Valgrind's callgrind counts the instructions the server
+executes, and simulates its caches; only thread scheduling varies between runs, so counts repeat
+to a few percent. Instructions are not time (a cache miss costs more than an instruction;
+callgrind's cache model is one simplified core), so this answers "did the change make rpcscope
+do less work, and how much less than py-grpc-prometheus", not the target itself.
 
 How: per mode, one ``bench/server.py`` switch process (every config behind one switch
 interceptor, as in ``run.py``) runs under ``valgrind --tool=callgrind --cache-sim=yes``. After
@@ -16,15 +14,8 @@ warming every config up, for each config: ``callgrind_control --zero``, ``--call
 the ``sample`` command (which flushes the config's telemetry, so its queued work is counted),
 ``callgrind_control --dump``. Counts are summed over all threads (gRPC core, pool, log
 writer). rpcscope's background thread wakes every 6 s here (``--batch-interval``) instead of
-0.2: valgrind runs the server ~30x slower, and 6 s gives batches of about the size a real run
-has (~300 calls). At 0.2 s a batch would hold ~10 calls and its fixed cost be overcharged per
-call; with no wake-up at all, a whole phase's records would wait in memory and the garbage
-collector be overcharged instead (metrics alone: +18.8k instructions per call at 6 s, +24.0k
-with one batch per phase). Two sync runs on the same code and settings gave bare 360.9k and
-359.8k instructions per call, py-grpc-prometheus +95.2k and +97.6k, and rpcscope-full 0.77
-and 0.74 of py-grpc-prometheus: differences of a few percent, not tens. Over five runs (on
-several versions of the code) bare ranged 359.8k-369.3k: 2.6%, which is ~9k per call, so
-a ratio against extras of ~40k is good to about +-0.05.
+0.2, so that under valgrind's slowdown a batch holds about as many calls as in a real run.
+The measurements behind the interval and the repeatability: docs/performance.md.
 
     make bench-instructions          # needs Debian's valgrind (the target installs it)
     .venv/bin/python bench/instructions.py [--calls 1000] [--modes sync,aio] [--out FILE]
