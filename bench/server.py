@@ -295,6 +295,8 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
         )
 
     if config.startswith("rpcscope-"):
+        from prometheus_client import CollectorRegistry
+
         import rpcscope  # type: ignore[import-not-found,unused-ignore]
         from rpcscope import schema  # type: ignore[import-not-found,unused-ignore]
 
@@ -304,7 +306,9 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
             "rpcscope-metrics-log": {"access_log": log_path, "trace": False},
             "rpcscope-full": {"access_log": log_path, "trace": True},
         }[config]
-        scope = rpcscope.Scope(service="bench", **options)
+        # A registry of its own, whatever Scope's default: a switch process hosts three rpcscope
+        # configs, and each must count only the calls it was active for.
+        scope = rpcscope.Scope(service="bench", registry=CollectorRegistry(), **options)
         if BATCH_INTERVAL_S is not None:
             _set_batch_interval(scope, BATCH_INTERVAL_S)
         interceptors = (
