@@ -272,10 +272,9 @@ BATCH_INTERVAL_S: float | None = None
 def _set_batch_interval(scope: Any, seconds: float) -> None:
     """Wake rpcscope's log writer / metrics folder every ``seconds`` (private attributes).
 
-    Only ``bench/instructions.py`` sets it: under valgrind a call is ~50x slower, so the
-    default 0.2 s wake-up would see ~10 calls per batch instead of the ~300 of a real run, and
-    the per-batch fixed cost would be charged ~30x too heavily per call. With a long interval
-    every batch is the phase's flush, as large as the phase.
+    Only ``bench/instructions.py`` sets it: under valgrind a call is many times slower, so the
+    default wake-up would see batches far smaller than a real run's and charge their fixed cost
+    too heavily per call (the figures: docs/performance.md).
     """
     if scope._log_pipe is not None:
         scope._log_pipe._interval = seconds
