@@ -8,27 +8,21 @@ DEMO_ARGS ?= --duration 20
 BENCH_ARGS ?=
 
 
-.PHONY: demo test lint typecheck unit speedups bench bench-instructions os-deps venv generate check-generated clean
+.PHONY: demo test lint typecheck unit bench bench-instructions os-deps venv generate check-generated clean
 
 # The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool, and
-# Ruby (the Fluentd config's record_transformer expressions are evaluated on sample records);
-# and a C compiler with Python's headers, for the C speedups (rpcscope._speedups: log line
-# encoder, metrics fold and server request path), which the suite requires so that both the C
-# and the Python code are tested (without them the install still works, pure-Python).
-OS_PACKAGES := prometheus prometheus-alertmanager ruby gcc libc6-dev python3-dev
-HAS_PYTHON_H = $(PYTHON) -c 'import os, sys, sysconfig; \
-  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+# Ruby (the Fluentd config's record_transformer expressions are evaluated on sample records).
+OS_PACKAGES := prometheus prometheus-alertmanager ruby
 os-deps:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
-	    || ! command -v ruby >/dev/null || ! command -v gcc >/dev/null || ! $(HAS_PYTHON_H); then \
+	    || ! command -v ruby >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(OS_PACKAGES); \
 	fi
 
-# setup.py and the C source too: an editable install builds the extension once, in place.
 # Debian's python3 makes no venv without python3-venv: install it then, and only then.
-$(VENV)/.installed: pyproject.toml setup.py src/rpcscope/_speedups.c
+$(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  rm -rf $(VENV); SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
@@ -39,10 +33,6 @@ $(VENV)/.installed: pyproject.toml setup.py src/rpcscope/_speedups.c
 	@touch $@
 
 venv: $(VENV)/.installed
-
-# A venv made before a compiler was installed (e.g. `make demo` first) has no extension yet.
-speedups: venv
-	@$(PY) -c 'import rpcscope._speedups' 2>/dev/null || $(PIP) install -q --no-deps -e .
 
 demo: venv
 	$(VENV)/bin/rpcscope demo $(DEMO_ARGS)
@@ -68,11 +58,10 @@ generate: venv
 check-generated: venv
 	$(PY) tools/generate.py --check
 
-# RPCSCOPE_REQUIRE_SPEEDUPS: the C speedups' tests fail, not skip, when they were not built.
 unit: venv
-	RPCSCOPE_REQUIRE_SPEEDUPS=1 $(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q
 
-test: os-deps venv speedups lint check-generated unit
+test: os-deps venv lint check-generated unit
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
@@ -87,4 +76,4 @@ bench-instructions: venv
 	$(PY) bench/instructions.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info src/rpcscope/*.so
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

@@ -1,11 +1,10 @@
-"""The call core and the gRPC interceptors (``rpcscope.collector``).
+"""The gRPC interceptors (``rpcscope.collector``).
 
-Users normally get interceptors from :class:`rpcscope.Scope`; these names are exported for
-composition with other frameworks and for type annotations.
+Users normally get interceptors from :class:`rpcscope.Scope`; these types are exported for
+annotations and for composing them with other frameworks.
 """
 
 from rpcscope.collector._client import ClientInterceptor
-from rpcscope.collector._core import CallRecord
 from rpcscope.collector._server import AioServerInterceptor, ServerInterceptor
 
-__all__ = ["AioServerInterceptor", "CallRecord", "ClientInterceptor", "ServerInterceptor"]
+__all__ = ["AioServerInterceptor", "ClientInterceptor", "ServerInterceptor"]

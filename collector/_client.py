@@ -49,7 +49,7 @@ class _ClientBase:
             return None
         if info is None:
             return None
-        return self._pipe.start_client(info, details.timeout)
+        return self._pipe.start_client(info, details.timeout, details.metadata)
 
     def _outgoing(self, record: CallRecord) -> list[tuple[str, str]]:
         tracing = self._pipe.tracing
@@ -60,6 +60,7 @@ class _ClientBase:
         except Exception:
             self._pipe.errors.record("inject")
             return []
+
 
     def _done_callback(self, record: CallRecord, unary_in: bool,
                        stream_end: _StreamEnd | None = None) -> Callable[[Any], None]:
@@ -86,6 +87,16 @@ class _ClientBase:
         record.code = go_code(error.code()) if isinstance(error, grpc.RpcError) and hasattr(
             error, "code") else "Unknown"
         self._pipe.finish(record)
+
+
+def _merged(metadata: Any, extra: list[tuple[str, str]]) -> list[tuple[str, Any]]:
+    """The caller's metadata with the propagation headers in ``extra`` set: a header the
+    caller set itself is replaced (the call continues it: see Tracing.start_client), never
+    sent twice."""
+    keys = {key for key, _ in extra}
+    merged = [(k, v) for k, v in (metadata or ()) if k not in keys]
+    merged.extend(extra)
+    return merged
 
 
 def _now(value: Any) -> Any:
@@ -121,10 +132,9 @@ class ClientInterceptor(
         extra = self._outgoing(record)
         if not extra:
             return details
-        metadata = list(details.metadata or ())
-        metadata.extend(extra)
         return _CallDetails(
-            details.method, details.timeout, metadata, details.credentials,
+            details.method, details.timeout, _merged(details.metadata, extra),
+            details.credentials,
             getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
         )
 
@@ -261,8 +271,7 @@ class _AioBase(_ClientBase):
         extra = self._outgoing(record)
         if not extra:
             return details
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), *extra)
-        return details._replace(metadata=metadata)
+        return details._replace(metadata=grpc.aio.Metadata(*_merged(details.metadata, extra)))
 
     async def _invoke(self, continuation: Any, details: Any, request: Any, grpc_type: str,
                       streaming_in: bool, streaming_out: bool) -> Any:

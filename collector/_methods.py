@@ -13,23 +13,25 @@ from typing import Any
 
 from rpcscope import schema
 from rpcscope.collector._core import MethodInfo, rpc_type, split_method
-from rpcscope.collector._metrics import GrpcMetrics
+
+#: What gives a method its metrics handle: ``for_method(side, (type, service, method))``.
+MetricsStore = Any
 
 MethodFilter = Callable[[str], bool]
 
 
 class MethodTable:
-    """Per-component cache of :class:`MethodInfo`, bounded, with include/exclude decisions."""
+    """Per-side cache of :class:`MethodInfo`, bounded, with include/exclude decisions."""
 
     def __init__(
         self,
-        component: str,
-        metrics: GrpcMetrics | None,
+        side: str,
+        metrics: MetricsStore | None,
         exclude_services: Iterable[str],
         method_filter: MethodFilter | None,
         max_methods: int,
     ) -> None:
-        self._component = component
+        self._side = side
         self._metrics = metrics
         self._exclude = frozenset(exclude_services)
         self._filter = method_filter
@@ -51,8 +53,8 @@ class MethodTable:
     def _make(self, full_method: str, service: str, method: str, grpc_type: str) -> MethodInfo:
         mm = None
         if self._metrics is not None:
-            mm = self._metrics.for_method(self._component, grpc_type, service, method)
-        return MethodInfo(self._component, full_method, service, method, grpc_type, mm)
+            mm = self._metrics.for_method(self._side, (grpc_type, service, method))
+        return MethodInfo(self._side, full_method, service, method, grpc_type, mm)
 
     def lookup(self, full_method: str, grpc_type: str) -> MethodInfo | None:
         """The info for a *known* method; None when the method is excluded from telemetry."""

@@ -16,14 +16,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from rpcscope.collector._core import (
-    CallRecord,
-    MethodInfo,
-    Pipeline,
-    go_code,
-    rpc_type,
-    server_path,
-)
+from rpcscope import schema
+from rpcscope.collector._core import CallRecord, MethodInfo, Pipeline, go_code, rpc_type
 from rpcscope.collector._methods import MethodTable
 
 _NOT_FOUND_DETAILS = "Method not found!"  # what grpc itself answers for an unknown method
@@ -34,6 +28,24 @@ _CALL_METADATA: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "rpcscope_call_metadata", default=None
 )
 call_metadata = _CALL_METADATA.get
+#: The method path of the aio call being intercepted (for calls to unknown methods).
+_CALL_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "rpcscope_call_path", default=None
+)
+
+
+def _sent_path(context: Any) -> str | None:
+    """The path a caller sent for an unknown method, truncated: what the access log keeps.
+
+    Sync servers: from grpc's per-call event (no public accessor has it); aio: from the
+    interceptor (see AioServerInterceptor.intercept_service)."""
+    path: Any = _CALL_PATH.get()
+    if path is None:
+        event = getattr(context, "_rpc_event", None)
+        path = getattr(getattr(event, "call_details", None), "method", None)
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "replace")
+    return path[:schema.UNKNOWN_PATH_MAX] if isinstance(path, str) else None
 
 
 def _expired(context: Any) -> bool:
@@ -56,27 +68,43 @@ def _explicit_status(record: CallRecord, context: Any, code: Any) -> None:
 
 class _Finish(Protocol):
     def __call__(self, record: CallRecord, context: Any, error: BaseException | None,
-                 unary_out: bool = False) -> None: ...
+                 unary_out: bool = False, streaming: bool = False) -> None: ...
 
 
 def _finisher(pipe: Pipeline, aio: bool) -> _Finish:
     """A server's finish: the final status onto the record, then the pipeline. Never raises.
 
-    One function with the status read inline (no helper calls: see Pipeline.start_server on
-    why). On a sync server grpc's per-call state is read directly when the context has it:
-    ``is_active()`` takes the call's lock (about 1 µs per call, timed inside a running bench
-    server); while the handler runs it is ``state.client != "cancelled"``, and
-    py-grpc-prometheus reads ``context._state`` the same way. Contexts without that state
-    (another grpcio, the proxy of :class:`_SyncOnAio`) are asked through the public methods.
-    The "Unknown" details are the ones grpc itself sends in each mode. With rpcscope._speedups
-    built, the interceptors call this only for calls that did not end plainly OK (an error, a
-    status, a cancellation, a span): ``ServerPath.finish`` does the rest in C (see
-    :func:`~rpcscope.collector._core.server_path`).
+    On a sync server grpc's per-call state is read directly when the context has it, as
+    py-grpc-prometheus does: ``is_active()`` takes the call's lock, and while the handler runs
+    it is ``state.client != "cancelled"``. Contexts without that state (another grpcio, the
+    proxy of :class:`_SyncOnAio`) are asked through the public methods. The "Unknown" details
+    are the ones grpc itself sends in each mode.
+
+    A client's cancellation can end a handler's request iterator quietly, as if the client
+    had closed its side, before grpc marks the call cancelled; Go counts such a call
+    ``Canceled``, not the handler's ``OK``. So on a sync server a streaming call that ends
+    without a status of its own (the handler returned, or grpc stopped asking for responses)
+    is decided when grpc ends the call: the record is timed at the handler's end and its code
+    waits for grpc's termination callback. On grpc.aio the wrappers yield to the event loop
+    once after such a handler (:func:`_settle`), where grpc delivers the cancellation to the
+    call's task as ``CancelledError``.
     """
-    errors, close = pipe.errors, pipe.finish
+    errors, stop, submit = pipe.errors, pipe.stop, pipe.submit
+
+    def verdict(record: CallRecord, context: Any, state: Any, unary_out: bool) -> None:
+        """grpc ended the call: whether it was cancelled is final now."""
+        try:
+            if state.client == _CANCELLED:
+                record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
+                record.details = None
+                if unary_out:
+                    record.msgs_out = 0  # the response never reached the client
+        except Exception:
+            errors.record("status")
+        submit(record)
 
     def finish(record: CallRecord, context: Any, error: BaseException | None,
-               unary_out: bool = False) -> None:
+               unary_out: bool = False, streaming: bool = False) -> None:
         try:
             if error is not None and not isinstance(error, GeneratorExit):
                 record.error = error
@@ -88,17 +116,33 @@ def _finisher(pipe: Pipeline, aio: bool) -> _Finish:
                   else (isinstance(error, asyncio.CancelledError) or context.cancelled()) if aio
                   else not context.is_active()):
                 record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
-            elif error is not None:
+            elif error is not None and not (streaming and isinstance(error, GeneratorExit)):
                 record.code = "Unknown"
                 record.details = (f"Unexpected error in RPC handler: {error!r}" if aio
                                   else f"Exception calling application: {error}")
+            elif streaming and state is not None:
+                if error is not None:  # GeneratorExit: grpc stopped asking for responses
+                    record.code = "Unknown"
+                elif unary_out:
+                    record.msgs_out = 1
+                stop(record)
+                if not context.add_callback(lambda: verdict(record, context, state, unary_out)):
+                    verdict(record, context, state, unary_out)  # the call had ended already
+                return
             elif unary_out:
                 record.msgs_out = 1
         except Exception:
             errors.record("status")
-        close(record)
+        stop(record)
+        submit(record)
 
     return finish
+
+
+async def _settle() -> None:
+    """Yield to the event loop once: a client's cancellation that ended the handler's request
+    stream quietly reaches this task now, as ``CancelledError`` (see :func:`_finisher`)."""
+    await asyncio.sleep(0)
 
 
 class _CountingIterator:
@@ -193,8 +237,7 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._start, self._finish = server_path(pipe, _finisher(pipe, aio=False), False,
-                                                _CANCELLED)
+        self._finish = _finisher(pipe, aio=False)
         self._unimplemented: Any = None
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -212,6 +255,7 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
 
             def unimplemented(request_iterator: Any, context: Any) -> Any:
                 record = start(info, context)
+                record.path = _sent_path(context)
                 try:
                     context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_FOUND_DETAILS)
                 except BaseException as error:
@@ -264,9 +308,9 @@ class ServerInterceptor(_ServerBase, grpc.ServerInterceptor):  # type: ignore[mi
                 try:
                     response = behavior(_CountingIterator(request_iterator, record), context)
                 except BaseException as error:
-                    finish(record, context, error)
+                    finish(record, context, error, False, True)
                     raise
-                finish(record, context, None, True)
+                finish(record, context, None, True, True)
                 return response
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
@@ -300,9 +344,9 @@ def _responses(responses: Any, record: CallRecord, context: Any, finish: _Finish
             # so only messages that reached the wire are counted (Go counts after SendMsg).
             record.msgs_out += 1
     except BaseException as error:
-        finish(record, context, error)
+        finish(record, context, error, False, True)
         raise
-    finish(record, context, None)
+    finish(record, context, None, False, True)
 
 
 # --- aio ------------------------------------------------------------------------------------
@@ -313,8 +357,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
 
     def __init__(self, pipe: Pipeline, table: MethodTable) -> None:
         super().__init__(pipe, table)
-        self._start, self._finish = server_path(pipe, _finisher(pipe, aio=True), True,
-                                                _CANCELLED)
+        self._finish = _finisher(pipe, aio=True)
         self._sync = _SyncOnAio(pipe, table)
         self._unimplemented: Any = None
 
@@ -332,6 +375,8 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
+        if handler is None:
+            _CALL_PATH.set(method)
         return self._resolve(method, handler)
 
     def _unimplemented_handler(self) -> Any:
@@ -340,6 +385,7 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
 
             async def unimplemented(request_iterator: Any, context: Any) -> Any:
                 record = start(info, context, call_metadata(), True)
+                record.path = _sent_path(context)
                 try:
                     await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_FOUND_DETAILS)
                 except BaseException as error:
@@ -384,10 +430,11 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                         else _AsyncCountingIterator(request_iterator, record)
                     )
                     response = await behavior(requests, _CountingContext(context, record))
+                    await _settle()
                 except BaseException as error:
-                    finish(record, context, error)
+                    finish(record, context, error, False, True)
                     raise
-                finish(record, context, None, True)
+                finish(record, context, None, True, True)
                 return response
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
@@ -409,10 +456,12 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                     async for response in behavior(request, context):
                         yield response
                         record.msgs_out += 1  # resumed only after grpc wrote it: see _responses
+                    if streaming_in:
+                        await _settle()
                 except BaseException as error:
-                    finish(record, context, error)
+                    finish(record, context, error, False, True)
                     raise
-                finish(record, context, None)
+                finish(record, context, None, False, True)
 
             return factory(gen_stream, des, ser)
 
@@ -428,10 +477,12 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                     record.msgs_in = 1
                 try:
                     result = await behavior(request, _CountingContext(context, record))
+                    if streaming_in:
+                        await _settle()
                 except BaseException as error:
-                    finish(record, context, error)
+                    finish(record, context, error, False, True)
                     raise
-                finish(record, context, None)
+                finish(record, context, None, False, True)
                 return result
 
             return factory(rw_stream, des, ser)

@@ -2,7 +2,8 @@
 
 Two modes, chosen per call so a TracerProvider configured after the Scope is still honoured:
 
-* **OTel mode** — the global TracerProvider is a real one (e.g. the SDK's): server and client spans
+* **OTel mode** — the TracerProvider (``tracer_provider=``, else the global one) is a real one
+  (e.g. the SDK's): server and client spans
   are genuine OTel spans (any OTel exporter works), context is extracted/injected with the global
   propagator. We fix what opentelemetry-instrumentation-grpc gets wrong: an uncaught exception
   makes the server span ``rpc.grpc.status_code=2`` / ERROR, recorded once.
@@ -29,16 +30,13 @@ from opentelemetry.trace import (
 )
 
 from rpcscope import schema
-from rpcscope.collector._core import (
+from rpcscope.collector._core import SERVER, CallRecord, is_server_fault
+from rpcscope.collector._ids import (
     CURRENT_IDS,
-    SERVER,
-    CallRecord,
-    TraceIds,
-    is_server_fault,
     next_call_number,
     resolve_ids,
-    span_id_of,
-    trace_id_of,
+    traceparent,
+    traceparent_in,
 )
 
 TRACEPARENT: Final = "traceparent"
@@ -62,12 +60,13 @@ _GETTER: Final = _MetadataGetter()
 class Tracing:
     """Starts/finishes the trace side of a call record; see module doc for the two modes."""
 
-    __slots__ = ("_tracer_name", "next_check", "tracer")  # read in place by the C request path
+    __slots__ = ("_provider", "_tracer_name", "next_check", "tracer")
 
     #: How often to look again for a TracerProvider configured after the Scope was built.
     RECHECK_SECONDS: Final = 1.0
 
-    def __init__(self, tracer_name: str = "rpcscope") -> None:
+    def __init__(self, provider: Any = None, tracer_name: str = "rpcscope") -> None:
+        self._provider = provider
         self._tracer_name = tracer_name
         #: The OTel tracer once a real provider was found; read by the Pipeline's hot path.
         self.tracer: Any = None
@@ -87,7 +86,7 @@ class Tracing:
         if now < self.next_check:
             return None
         self.next_check = now + self.RECHECK_SECONDS
-        provider = trace.get_tracer_provider()
+        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
         if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
             return None
         self.tracer = provider.get_tracer(self._tracer_name)
@@ -106,66 +105,72 @@ class Tracing:
                 attributes=_span_attributes(record),
             )
             record.otel_span = (span, otel_context.attach(trace.set_span_in_context(span)))
-            record.trace = _ids_from_span(span)
+            record.trace = (span.get_span_context(), None)
             record.ids_token = CURRENT_IDS.set(record.trace)
 
     # -- client ---------------------------------------------------------------------------------
 
-    def start_client(self, record: CallRecord) -> None:
+    def start_client(self, record: CallRecord, metadata: Any = None) -> None:
+        """A client span (OTel mode) or ids, continuing the server call this client call is
+        made in; outside one, a ``traceparent`` the caller put in ``metadata`` is continued."""
         tracer = self._otel_tracer()
-        if tracer is not None:
-            span = tracer.start_span(
-                _span_name(record), kind=SpanKind.CLIENT, attributes=_span_attributes(record)
-            )
-            record.otel_span = (span, None)
-            record.trace = _ids_from_span(span)
-            return
-        # The outgoing traceparent needs the ids now: format them eagerly (same sources as the
-        # server side's lazy ids: see resolve_ids).
         current = CURRENT_IDS.get()
-        number = next_call_number()
-        span_id = span_id_of(number)
+        if tracer is not None:
+            parent_ctx = None
+            if current is None and metadata:
+                parent_ctx = propagate.extract(metadata, getter=_GETTER)
+            span = tracer.start_span(_span_name(record), context=parent_ctx,
+                                     kind=SpanKind.CLIENT, attributes=_span_attributes(record))
+            record.otel_span = (span, None)
+            record.trace = (span.get_span_context(), None)
+            return
         if current is not None:
-            trace_id, parent_span, _, flags = resolve_ids(current)
-            record.trace = (trace_id, span_id, parent_span, flags)
+            parent: str | None = traceparent(resolve_ids(current))
         else:
-            record.trace = (trace_id_of(number), span_id, None, "01")
+            parent = traceparent_in(metadata) if metadata else None
+        record.trace = (parent, next_call_number())
 
-    def outgoing_metadata(self, record: CallRecord) -> list[tuple[str, str]]:
-        """The propagation headers a client call must carry."""
+    def outgoing_metadata(self, record: CallRecord, metadata: Any = None
+                          ) -> list[tuple[str, str]]:
+        """The propagation headers a client call must carry (``metadata``: the caller's own,
+        whose ``traceparent``, if any, this call continues and so replaces)."""
         if record.otel_span is not None:
             carrier: dict[str, str] = {}
             propagate.inject(carrier, context=trace.set_span_in_context(record.otel_span[0]))
             return list(carrier.items())
-        ids = record.ids()
-        if ids is None:
+        if record.trace is None:
             return []
-        return [(TRACEPARENT, f"00-{ids[0]}-{ids[1]}-{ids[3]}")]
+        return [(TRACEPARENT, traceparent(resolve_ids(record.trace)))]
 
     # -- both -----------------------------------------------------------------------------------
 
+    def detach(self, record: CallRecord) -> None:
+        """Leave the span's context, on the thread or task that entered it."""
+        span, token = record.otel_span
+        if token is not None:
+            record.otel_span = (span, None)
+            try:
+                otel_context.detach(token)
+            except Exception:  # noqa: S110 - a foreign context at detach is not the RPC's problem
+                pass
+
     def finish(self, record: CallRecord) -> None:
-        """End the OTel span, if any (the Pipeline resets the context's trace ids itself)."""
+        """End the OTel span with the call's final status."""
         state = record.otel_span
         if state is None:
             return
         record.otel_span = None
-        span, token = state
+        span = state[0]
         code = record.code
         span.set_attribute("rpc.grpc.status_code", _GRPC_NUMERIC.get(code, 2))
         # Semantic conventions: a server span is an error only for server-fault codes; a client
         # span for any non-OK code.
-        failed = is_server_fault(code) if record.info.component == SERVER else code != "OK"
+        failed = is_server_fault(code) if record.info.side == SERVER else code != "OK"
         if record.error is not None and code == "Unknown":
             span.record_exception(record.error)
         if failed:
             span.set_status(Status(StatusCode.ERROR, record.details or code))
         span.end()
-        if token is not None:
-            try:
-                otel_context.detach(token)
-            except Exception:  # noqa: S110 - a foreign context at detach is not the RPC's problem
-                pass
 
 
 def _span_name(record: CallRecord) -> str:
@@ -178,8 +183,3 @@ def _span_attributes(record: CallRecord) -> dict[str, str]:
         "rpc.service": record.info.service,
         "rpc.method": record.info.method,
     }
-
-
-def _ids_from_span(span: Any) -> TraceIds:
-    ctx = span.get_span_context()
-    return "%032x" % ctx.trace_id, "%016x" % ctx.span_id, None, "%02x" % int(ctx.trace_flags)

@@ -2,11 +2,12 @@
 
 from rpcscope.exporters._ecs import EcsFormatter
 from rpcscope.exporters._http import MetricsServer, make_metrics_asgi_app, make_metrics_wsgi_app
-from rpcscope.exporters._logs import FileSink, LogSink, StreamSink
+from rpcscope.exporters._logs import FileSink, LineSink, LogSink, StreamSink
 
 __all__ = [
     "EcsFormatter",
     "FileSink",
+    "LineSink",
     "LogSink",
     "MetricsServer",
     "StreamSink",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import socket
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -17,19 +19,22 @@ from typing import Any, Final
 from opentelemetry import trace
 
 from rpcscope import schema
-from rpcscope.collector._core import (
-    CURRENT_IDS,
-    HOSTNAME,
-    CallRecord,
-    deadline_seconds,
-    is_server_fault,
-    resolve_ids,
-)
+from rpcscope.collector._core import CallRecord, is_server_fault
+from rpcscope.collector._ids import CURRENT_IDS, TraceRef, resolve_ids
+
+HOSTNAME: Final = socket.gethostname()
 
 _CLIENT_FAULT_LEVEL: Final = "warn"
 
 #: ``grpc_code`` → numeric status (what ``rpc.grpc.status_code`` carries per OTel semconv).
 NUMERIC_CODE: Final = {name: code.value[0] for code, name in schema.GO_CODE_NAMES.items()}
+
+
+def deadline_seconds(remaining: float | None) -> float | None:
+    """A call's remaining time as logged: None when there is no (meaningful) deadline."""
+    if remaining is None or not math.isfinite(remaining) or remaining > 1e8:
+        return None
+    return float(remaining)
 
 
 def level_for(code: str) -> str:
@@ -73,7 +78,7 @@ def call_document(record: CallRecord, identity: Identity) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "@timestamp": iso_utc(record.end_wall_ns),
         "log.level": level_for(code),
-        "message": f"{info.component} call {info.full_method} {code} in "
+        "message": f"{info.side} call {record.path or info.full_method} {code} in "
                    f"{us // 1000}.{us % 1000:03d}ms",
         "ecs.version": schema.ECS_VERSION,
         "log.logger": schema.ACCESS_LOGGER,
@@ -88,11 +93,13 @@ def call_document(record: CallRecord, identity: Identity) -> dict[str, Any]:
     doc["rpc.grpc.status_code"] = NUMERIC_CODE.get(code, 2)
     doc["grpc.code"] = code
     doc["grpc.type"] = info.grpc_type
-    doc["grpc.component"] = info.component
+    doc[schema.FIELD_SIDE] = info.side
     doc["grpc.msgs_received"] = record.msgs_in
     doc["grpc.msgs_sent"] = record.msgs_out
     if record.peer:
-        doc["client.address" if info.component == "server" else "server.address"] = record.peer
+        doc["client.address" if info.side == "server" else "server.address"] = record.peer
+    if record.path is not None:
+        doc[schema.FIELD_UNKNOWN_PATH] = record.path
     deadline = deadline_seconds(record.deadline)
     if deadline is not None:
         doc["grpc.request.deadline_seconds"] = round(deadline, 6)
@@ -175,24 +182,22 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
     return doc
 
 
-def capture_ids() -> Any:
-    """The current trace, captured cheaply: rpcscope's unformatted ids, or the active OTel span
-    context, or None. :func:`format_ids` turns it into hex later, on the log writer thread."""
+def capture_ids() -> TraceRef | None:
+    """The current trace, captured cheaply (rpcscope's, or the active OTel span's), or None;
+    formatted later, in the batch."""
     ids = CURRENT_IDS.get()
     if ids is not None:
         return ids
     ctx = trace.get_current_span().get_span_context()
-    return ctx if ctx.is_valid else None
+    return (ctx, None) if ctx.is_valid else None
 
 
-def format_ids(captured: Any) -> tuple[str, str] | None:
+def format_ids(captured: TraceRef | None) -> tuple[str, str] | None:
     """(trace_id, span_id) of what :func:`capture_ids` returned."""
     if captured is None:
         return None
-    if isinstance(captured, tuple):
-        ids = resolve_ids(captured)
-        return ids[0], ids[1]
-    return "%032x" % captured.trace_id, "%016x" % captured.span_id
+    ids = resolve_ids(captured)
+    return ids[0], ids[1]
 
 
 def encode_json(doc: dict[str, Any]) -> str:

@@ -107,32 +107,6 @@ def sync_channel() -> Iterator[Callable[..., grpc.Channel]]:
         channel.close()
 
 
-def _use_python_request_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Server interceptors built from now on start and finish calls in Python
-    (``Pipeline.start_server`` and the finisher), not in rpcscope._speedups.ServerPath."""
-    from rpcscope.collector import _server
-
-    monkeypatch.setattr(_server, "server_path", lambda pipe, finish, *_: (pipe.start_server,
-                                                                          finish))
-
-
-@pytest.fixture
-def python_request_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For tests that patch the Python start or finish, which the C path would not call."""
-    _use_python_request_path(monkeypatch)
-
-
-@pytest.fixture(params=["c", "python"])
-def request_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test once with the server's request path in C (rpcscope._speedups.ServerPath)
-    and once in Python (the reference it hands unusual calls to): both must behave alike.
-    Without the extension built, the "c" run is the Python path too (``make test`` requires
-    the extension, so there it is C)."""
-    if request.param == "python":
-        _use_python_request_path(monkeypatch)
-    return str(request.param)
-
-
 @pytest.fixture
 def handler_sleeping(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Set when a test-service handler starts a ``sleep:`` command (sync or aio).

@@ -32,7 +32,7 @@ async def wait_handled(registry: object, side: str, kind: str, code: str,
 
 @pytest.mark.parametrize("outcome", list(OUTCOMES), ids=str)
 @pytest.mark.parametrize("kind", KINDS)
-def test_aio_call_telemetry(kind: str, outcome: str, scope: rpcscope.Scope, request_path: str,
+def test_aio_call_telemetry(kind: str, outcome: str, scope: rpcscope.Scope,
                             handler_sleeping: threading.Event) -> None:
     o = OUTCOMES[outcome]
 
@@ -49,7 +49,7 @@ def test_aio_call_telemetry(kind: str, outcome: str, scope: rpcscope.Scope, requ
     assert asyncio.run(scenario()) is STATUS[o.code]
     for side in ("server", "client"):
         check_metrics(scope.registry, side, kind, o)
-        [doc] = wait_for_logs(scope, 1, component=side, method=kind)
+        [doc] = wait_for_logs(scope, 1, side=side, method=kind)
         check_log(doc, side, kind, o)
 
 
@@ -137,5 +137,5 @@ def test_sync_handlers_on_aio_server(kind: str, make_scope: Callable[..., rpcsco
     for name in outcomes:
         o, scope = OUTCOMES[name], scopes[name]
         check_metrics(scope.registry, "server", kind, o)
-        [doc] = wait_for_logs(scope, 1, component="server", method=kind)
+        [doc] = wait_for_logs(scope, 1, side="server", method=kind)
         check_log(doc, "server", kind, o)

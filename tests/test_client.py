@@ -35,7 +35,7 @@ def test_sync_call_styles(scope: rpcscope.Scope, serve_sync: Callable[..., int],
     assert sample_value(reg, "grpc_client_msg_sent_total", labels("Unary")) == 3
     assert sample_value(reg, "grpc_client_msg_received_total", labels("Unary")) == 3
     assert sample_value(reg, "grpc_server_started_total", labels("Unary")) is None
-    docs = wait_for_logs(scope, 3, component="client")
+    docs = wait_for_logs(scope, 3, side="client")
     with_deadline = [d for d in docs if "grpc.request.deadline_seconds" in d]
     assert len(with_deadline) == 1
     assert 0 < with_deadline[0]["grpc.request.deadline_seconds"] <= 30
@@ -58,7 +58,7 @@ def test_streams_read_to_the_end_count_every_message(scope: rpcscope.Scope,
     assert sample_value(reg, "grpc_client_msg_received_total", labels("ServerStream")) == 75
     assert sample_value(reg, "grpc_client_msg_received_total", labels("Bidi")) == 100
     assert sample_value(reg, "grpc_client_msg_sent_total", labels("Bidi")) == 100
-    docs = wait_for_logs(scope, 50, component="client")
+    docs = wait_for_logs(scope, 50, side="client")
     assert {d["grpc.msgs_received"] for d in docs if d["rpc.method"] == "ServerStream"} == {3}
 
 
@@ -75,7 +75,7 @@ def test_abandoned_stream_is_finished_once(scope: rpcscope.Scope, serve_sync: Ca
     assert _handled(scope, "ServerStream", "Canceled") == 1
     assert sample_value(scope.registry, "grpc_client_msg_received_total",
                         labels("ServerStream")) == 1
-    [doc] = wait_for_logs(scope, 1, component="client")
+    [doc] = wait_for_logs(scope, 1, side="client")
     assert doc["log.level"] == "warn"
 
 
@@ -93,7 +93,7 @@ def test_stream_dropped_without_reading(scope: rpcscope.Scope, serve_sync: Calla
     channel.close()
     wait_until(lambda: _handled(scope, "ServerStream", "Canceled")
                or _handled(scope, "ServerStream", "OK"))
-    [doc] = wait_for_logs(scope, 1, component="client")
+    [doc] = wait_for_logs(scope, 1, side="client")
     assert doc["grpc.code"] in ("Canceled", "OK")
     assert sample_value(scope.registry, "grpc_client_started_total",
                         labels("ServerStream")) == 1
@@ -109,7 +109,7 @@ def test_unreachable_server_is_unavailable(scope: rpcscope.Scope,
         channel.unary_unary("/test.v1.Echo/Unary")(b"ok", timeout=5)
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     wait_until(lambda: _handled(scope, "Unary", "Unavailable") == 1)
-    [doc] = wait_for_logs(scope, 1, component="client")
+    [doc] = wait_for_logs(scope, 1, side="client")
     assert doc["log.level"] == "error"
     assert doc["error.type"] == "Unavailable"
 
@@ -121,10 +121,10 @@ def test_client_calls_not_logged_when_disabled(make_scope: Callable[..., rpcscop
     scope = make_scope(log_client_calls=False)
     channel = sync_channel(serve_sync(scope.server_interceptors()), scope.client_interceptors())
     channel.unary_unary("/test.v1.Echo/Unary")(b"ok")
-    wait_for_logs(scope, 1, component="server")
+    wait_for_logs(scope, 1, side="server")
     wait_until(lambda: _handled(scope, "Unary", "OK") == 1)  # client metrics still on
     scope.flush()
-    assert sink.access_logs(component="client") == []
+    assert sink.access_logs(side="client") == []
 
 
 def test_aio_streams_count_every_message(scope: rpcscope.Scope) -> None:

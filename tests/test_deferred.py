@@ -1,6 +1,6 @@
 """Deferred telemetry: what a user sees must not depend on when the batches run.
 
-The request path only appends to a queue (see collector/_deferred.py). These tests pin the
+The request path only appends to a queue (see collector/_batcher.py). These tests pin the
 promises that make that invisible: a scrape is exact at the moment it is read (in-flight calls
 included), the background thread delivers metrics and logs without any scrape or flush, a starved
 thread never loses a call, and lazily formatted trace ids are the same for every reader.
@@ -9,7 +9,6 @@ thread never loses a call, and lazily formatted trace ids are the same for every
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import _svc
@@ -19,8 +18,9 @@ from prometheus_client import CollectorRegistry
 
 import rpcscope
 from rpcscope import schema
+from rpcscope.collector._batcher import Batcher
 from rpcscope.collector._core import CallRecord, ErrorCounter, MethodInfo, Pipeline
-from rpcscope.collector._deferred import DeferredMetrics
+from rpcscope.collector._metrics import AggregateMetrics
 from rpcscope.testing import CaptureSink, sample_value, wait_until
 
 
@@ -48,34 +48,52 @@ def test_background_thread_delivers_without_scrape_or_flush(
     unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
     for _ in range(5):
         unary(b"ok")
-    deferred = scope._metrics.deferred if scope._metrics is not None else None
-    assert deferred is not None
-    # Nobody scrapes or flushes: the thread alone must fold the calls in and hand them on.
-    wait_until(lambda: not deferred.pending, message="deferred queue drained by its thread")
+    # Nobody scrapes or flushes: the batcher's thread alone must hand the calls on.
     wait_until(lambda: len(sink.access_logs("server")) == 5, message="5 access logs")
-    assert deferred.thread is not None and deferred.thread.is_alive()
+    assert scope.stats()["logs"]["delivered"] == 5
+
+
+class _ListSink:
+    """A batcher consumer that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.lost_items: list[Any] = []
+
+    def consume(self, batch: Any) -> None:
+        self.items.extend(batch)
+
+    def lost(self, batch: Any) -> None:
+        self.lost_items.extend(batch)
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+    def close(self, timeout: float) -> None:
+        pass
 
 
 def test_starved_thread_never_loses_a_call() -> None:
     """Past max_pending the producer folds the queue in itself: bounded memory, exact counts."""
     registry = CollectorRegistry()
-    deferred = DeferredMetrics(registry, (0.1, 1.0), exemplars=False, interval=3600,
-                               max_pending=10)
-    forwarded: list[CallRecord] = []
-    deferred.forward = forwarded.extend
-    deferred.log_components = frozenset({"server"})
-    agg = deferred.for_method("server", ("unary", "pkg.S", "M"))
+    errors = ErrorCounter()
+    batcher = Batcher(errors.record, interval=3600, max_pending=10)
+    metrics = AggregateMetrics((0.1, 1.0), False, batcher.fold, errors.record)
+    registry.register(metrics)
+    batcher.add_fold(metrics.fold)
+    consumer = _ListSink()
+    batcher.add_consumer(consumer)
+    agg = metrics.for_method("server", ("unary", "pkg.S", "M"))
     info = MethodInfo("server", "/pkg.S/M", "pkg.S", "M", "unary", agg)
-    deferred.kick()  # start the thread now; with a 1 h interval it never drains by itself
-    # The request path's hand-off, as a Scope wires it (no access log, no tracing).
-    pipe = Pipeline(SimpleNamespace(deferred=deferred), None, None, ErrorCounter())  # type: ignore[arg-type]
+    batcher.kick()  # start the thread now; with a 1 h interval it never folds by itself
+    pipe = Pipeline(batcher, None, errors)
     for i in range(95):
-        deferred.pending.append(agg)
+        batcher.pending.append(agg)
         record = CallRecord(info)
         record.duration_ns = 50_000_000
         record.code = "OK" if i % 5 else "NotFound"
-        pipe.finish(record)
-        assert len(deferred.pending) <= 11
+        pipe.submit(record)
+        assert len(batcher.pending) <= 11
     handled = {code: registry.get_sample_value(
         schema.SERVER_HANDLED, {"grpc_type": "unary", "grpc_service": "pkg.S",
                                 "grpc_method": "M", "grpc_code": code})
@@ -85,8 +103,9 @@ def test_starved_thread_never_loses_a_call() -> None:
     assert registry.get_sample_value(schema.SERVER_STARTED, labels_) == 95
     assert registry.get_sample_value(schema.SERVER_HANDLING_SECONDS + "_bucket",
                                      {**labels_, "le": "0.1"}) == 95
-    assert len(forwarded) == 95
-    deferred.close()
+    batcher.close(timeout=5)
+    assert sum(isinstance(item, CallRecord) for item in consumer.items) == 95
+    assert errors.count == 0
 
 
 def test_lazily_formatted_ids_agree_for_every_reader(
@@ -117,7 +136,7 @@ def test_lazily_formatted_ids_agree_for_every_reader(
 def test_resolving_ids_is_deterministic() -> None:
     """Resolving is deterministic, so any thread may resolve the same ids any number of
     times; distinct call numbers give distinct, valid ids."""
-    from rpcscope.collector._core import parse_traceparent, resolve_ids
+    from rpcscope.collector._ids import parse_traceparent, resolve_ids
 
     results = {resolve_ids(("not-a-traceparent", 7)) for _ in range(3)}
     assert len(results) == 1
@@ -135,7 +154,7 @@ def test_ids_do_not_depend_on_the_order_or_thread_that_resolves_them() -> None:
     import random
     import threading
 
-    from rpcscope.collector._core import resolve_ids
+    from rpcscope.collector._ids import resolve_ids
 
     numbers = list(range(1, 400))
     in_order = [resolve_ids((None, n)) for n in numbers]
@@ -153,7 +172,7 @@ def test_ids_do_not_depend_on_the_order_or_thread_that_resolves_them() -> None:
 
 
 def _child_ids(queue: Any) -> None:
-    from rpcscope.collector._core import resolve_ids
+    from rpcscope.collector._ids import resolve_ids
 
     queue.put(resolve_ids((None, 1)))
 
@@ -163,7 +182,7 @@ def test_a_forked_child_draws_different_ids_for_the_same_call_number() -> None:
     workers): a fresh key per process keeps their ids apart."""
     import multiprocessing
 
-    from rpcscope.collector._core import resolve_ids
+    from rpcscope.collector._ids import resolve_ids
 
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()

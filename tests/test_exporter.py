@@ -42,7 +42,7 @@ def served(scope: rpcscope.Scope, serve_sync: Callable[..., int],
     """One OK unary call made through an instrumented server; (scope, base URL, its trace id)."""
     channel = sync_channel(serve_sync(scope.server_interceptors()))
     channel.unary_unary("/test.v1.Echo/Unary")(b"ok")
-    [doc] = wait_for_logs(scope, 1, component="server")
+    [doc] = wait_for_logs(scope, 1, side="server")
     server = scope.serve_metrics(port=0, addr="127.0.0.1")
     assert server.port != 0
     return scope, server.url.removesuffix("/metrics"), doc["trace.id"]

@@ -21,8 +21,8 @@ import pytest
 from _calls import KINDS, OUTCOMES, STATUS, Observed, aio_server, call_aio, call_sync, labels
 
 import rpcscope
-from rpcscope.collector import _deferred
-from rpcscope.collector._metrics import MethodMetrics
+from rpcscope.collector import _metrics
+from rpcscope.collector._metrics import MethodAggregate
 from rpcscope.collector._trace import Tracing
 from rpcscope.testing import CaptureSink, sample_value, wait_for_logs, wait_until
 
@@ -178,15 +178,8 @@ def test_aio_behaviour_identical_with_and_without_rpcscope(
 
 def _break_metrics(monkeypatch: pytest.MonkeyPatch, broken: Callable[..., None],
                    scope: rpcscope.Scope) -> None:
-    """Make every call's metrics fail at finish (both the deferred and multiprocess kinds)."""
-    monkeypatch.setattr(MethodMetrics, "finish", broken)
-    # Deferred metrics fold calls in batches; break the fold (bucket search) for every call.
-    # That is the Python loop's: the C fold (rpcscope._speedups) cannot fail per item (it
-    # hands any item it could trip on to that loop; its own failure: tests/test_speedups.py).
-    monkeypatch.setattr(_deferred, "bisect_left", lambda *a: broken(None, None))
-    deferred = scope._metrics.deferred if scope._metrics is not None else None
-    if deferred is not None:
-        monkeypatch.setattr(deferred, "_folder", None)
+    """Make every finished call's fold into the metrics fail (the bucket search)."""
+    monkeypatch.setattr(_metrics, "bisect_left", lambda *a: broken(None, None))
 
 
 def _errors(scope: rpcscope.Scope) -> float | None:
@@ -219,7 +212,7 @@ def test_failing_sink_does_not_touch_rpcs(make_scope: Callable[..., rpcscope.Sco
     assert _roundtrip(scope, serve_sync, sync_channel) == _expected(serve_sync, sync_channel)
     scope.flush()
     # Each finished call (12 server + 12 client) is one record, all lost and counted as such.
-    wait_until(lambda: scope.stats()["logs"]["lost"] == 24)
+    wait_until(lambda: scope.stats()["logs"]["dropped"] == 24)
     assert scope.stats()["logs"]["delivered"] == 0
     assert sample_value(scope.registry, "rpcscope_log_records_total", {"outcome": "dropped"}) == 24
 
@@ -231,7 +224,7 @@ def test_failing_metrics_keep_rpcs_and_logs(make_scope: Callable[..., rpcscope.S
     """A metrics child that raises is counted; the RPC and the access log are unaffected."""
     scope = make_scope()
 
-    def broken(self: MethodMetrics, record: Any) -> None:
+    def broken(self: Any, record: Any) -> None:
         raise RuntimeError("metrics backend broken")
 
     _break_metrics(monkeypatch, broken, scope)
@@ -255,27 +248,25 @@ def test_failing_started_counter_keeps_trace_ids(make_scope: Callable[..., rpcsc
         raise RuntimeError("inc failed")
 
     class FailingStarts(deque[Any]):
-        """Deferred metrics count ``started`` by appending the method's aggregate."""
+        """The metrics count ``started`` when the method's aggregate is appended."""
 
         def append(self, item: Any) -> None:
-            if isinstance(item, _deferred.MethodAggregate):
+            if isinstance(item, MethodAggregate):
                 boom(self)
             super().append(item)
 
-    deferred = scope._metrics.deferred if scope._metrics is not None else None
-    assert deferred is not None
-    monkeypatch.setattr(deferred, "pending", FailingStarts())
+    # Fault injection needs the batcher's queue: there is no public way to break it.
+    monkeypatch.setattr(scope._batcher, "pending", FailingStarts())
     assert unary(b"ok") == b"reply:ok"
     assert _errors(scope) == 1
-    [doc] = wait_for_logs(scope, 1, component="server")
+    [doc] = wait_for_logs(scope, 1, side="server")
     assert doc["trace.id"]
     assert doc["grpc.code"] == "OK"
 
 
 def test_unreadable_deadline_loses_that_field_not_the_record(
         make_scope: Callable[..., rpcscope.Scope], serve_sync: Callable[..., int],
-        sync_channel: Callable[..., grpc.Channel], monkeypatch: pytest.MonkeyPatch,
-        python_request_path: None) -> None:
+        sync_channel: Callable[..., grpc.Channel], monkeypatch: pytest.MonkeyPatch) -> None:
     """The sync deadline is read from grpc's CallDetails on the log writer; if that fails, the
     line is still written (without the deadline) and the error is counted."""
     from rpcscope.collector._core import Pipeline
@@ -298,7 +289,7 @@ def test_unreadable_deadline_loses_that_field_not_the_record(
     scope = make_scope()
     unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(_svc.path("Unary"))
     assert unary(b"ok", timeout=30) == b"reply:ok"
-    [doc] = wait_for_logs(scope, 1, component="server")
+    [doc] = wait_for_logs(scope, 1, side="server")
     assert doc["grpc.code"] == "OK" and doc["client.address"]
     assert "grpc.request.deadline_seconds" not in doc
     assert _errors(scope) == 1
@@ -341,7 +332,7 @@ def test_aio_failing_metrics_keep_rpcs(make_scope: Callable[..., rpcscope.Scope]
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     scope = make_scope(access_log=CaptureSink())
 
-    def broken(self: MethodMetrics, record: Any) -> None:
+    def broken(self: Any, record: Any) -> None:
         raise RuntimeError("metrics backend broken")
 
     _break_metrics(monkeypatch, broken, scope)

@@ -53,7 +53,7 @@ def test_credentials_never_reach_the_log(outcome: str, sink_kind: str,
         pass
     scope.flush()
     if isinstance(sink, CaptureSink):
-        [doc] = wait_for_logs(scope, 1, component="server")
+        [doc] = wait_for_logs(scope, 1, side="server")
         text = json.dumps(doc)
     else:
         text = wait_until(lambda: (scope.flush(), buf.getvalue())[1])
@@ -72,7 +72,7 @@ def test_only_allowlisted_metadata_is_logged(scope: rpcscope.Scope,
     channel = sync_channel(serve_sync(scope.server_interceptors()))
     channel.unary_unary("/test.v1.Echo/Unary")(
         b"ok", metadata=(("x-request-id", "r-1"), ("x-tenant", "acme")))
-    [doc] = wait_for_logs(scope, 1, component="server")
+    [doc] = wait_for_logs(scope, 1, side="server")
     logged = doc["grpc.request.metadata"]
     assert logged["x-request-id"] == "r-1"
     assert "x-tenant" not in logged  # not in the default allowlist
@@ -115,7 +115,7 @@ def test_logging_handler_carries_the_call_trace_ids(scope: rpcscope.Scope, sink:
     app_logger.addHandler(scope.logging_handler())
     port = serve_sync(scope.server_interceptors(), handlers=(_logging_service(),))
     assert sync_channel(port).unary_unary("/test.v1.Log/Say")(b"order 7") == b"said"
-    [access] = wait_for_logs(scope, 1, component="server")
+    [access] = wait_for_logs(scope, 1, side="server")
     app = wait_until(lambda: [d for d in sink.documents if d["log.logger"] == APP_LOGGER])[0]
     assert app["message"] == "handling order 7"
     assert app["log.level"] == "warning"
@@ -139,7 +139,7 @@ def test_ecs_formatter_carries_the_call_trace_ids(scope: rpcscope.Scope,
     app_logger.addHandler(handler)
     port = serve_sync(scope.server_interceptors(), handlers=(_logging_service(),))
     sync_channel(port).unary_unary("/test.v1.Log/Say")(b"x")
-    [access] = wait_for_logs(scope, 1, component="server")
+    [access] = wait_for_logs(scope, 1, side="server")
     [line] = buf.getvalue().splitlines()
     doc = json.loads(line)
     assert doc["service.name"] == "checkout"
@@ -164,7 +164,7 @@ def test_current_trace_ids_inside_and_outside_a_call(scope: rpcscope.Scope,
         "Ids": grpc.unary_unary_rpc_method_handler(peek)})
     port = serve_sync(scope.server_interceptors(), handlers=(handler,))
     sync_channel(port).unary_unary("/test.v1.Peek/Ids")(b"")
-    [access] = wait_for_logs(scope, 1, component="server")
+    [access] = wait_for_logs(scope, 1, side="server")
     assert seen == [(access["trace.id"], access["span.id"])]
     assert rpcscope.current_trace_ids() is None
 
@@ -245,7 +245,7 @@ def test_bad_field_loses_that_field_only(tmp_path: Path, app_logger: logging.Log
         app_logger.info("two", extra={"path": "/data/\udcff.csv"})  # surrogateescape'd name
         app_logger.info("three")
         scope.flush()
-        assert scope.stats()["logs"] == {"emitted": 3, "delivered": 3, "lost": 0}
+        assert scope.stats()["logs"] == {"emitted": 3, "delivered": 3, "dropped": 0}
     one, two, three = (json.loads(line) for line in path.read_text().splitlines())
     assert one["message"] == "one"
     assert one["labels"] == {"good": "yes"}
@@ -282,12 +282,12 @@ def test_full_queue_drops_and_counts(make_scope: Callable[..., rpcscope.Scope],
     for _ in range(4):
         assert unary(b"ok") == b"reply:ok"  # RPCs never wait for the log
     # Record 2 fills the one-slot queue; records 3-5 are dropped.
-    assert scope.stats()["logs"]["lost"] == 3
+    assert scope.stats()["logs"]["dropped"] == 3
     assert sample_value(scope.registry, "rpcscope_log_records_total", {"outcome": "dropped"}) == 3
     sink.release.set()
     scope.flush()
     wait_until(lambda: scope.stats()["logs"]["delivered"] == 2)
-    assert scope.stats()["logs"] == {"emitted": 5, "delivered": 2, "lost": 3}
+    assert scope.stats()["logs"] == {"emitted": 5, "delivered": 2, "dropped": 3}
     assert sample_value(scope.registry, "rpcscope_log_records_total",
                         {"outcome": "delivered"}) == 2
     assert sample_value(scope.registry, "rpcscope_log_records_total",
@@ -338,7 +338,7 @@ def test_a_large_batch_is_written_whole_and_in_order(tmp_path: Path,
                 app_logger.info("line %d", i)
             scope.flush()
             app_logger.removeHandler(handler)
-            assert scope.stats()["logs"] == {"emitted": 1000, "delivered": 1000, "lost": 0}
+            assert scope.stats()["logs"] == {"emitted": 1000, "delivered": 1000, "dropped": 0}
     for text in (path.read_text(), stream.getvalue()):
         assert text.endswith("\n")
         assert [json.loads(line)["message"] for line in text.splitlines()] == [
@@ -357,6 +357,6 @@ def test_a_sink_failing_part_way_counts_what_it_wrote(app_logger: logging.Logger
         logs = scope.stats()["logs"]
     written = stream.getvalue().splitlines()
     assert 0 < len(written) < 300
-    assert logs == {"emitted": 300, "delivered": len(written), "lost": 300 - len(written)}
+    assert logs == {"emitted": 300, "delivered": len(written), "dropped": 300 - len(written)}
     assert [json.loads(line)["message"] for line in written] == [
         f"line {i}" for i in range(len(written))]

@@ -43,12 +43,12 @@ def test_client_writes_traceparent_and_server_continues_it(
     header = channel.unary_unary("/test.v1.Reflect/Headers")(b"").decode()
     m = TRACEPARENT.fullmatch(header)
     assert m, header
-    [client] = wait_for_logs(scope, 1, component="client", method="Headers")
+    [client] = wait_for_logs(scope, 1, side="client", method="Headers")
     assert (m.group(1), m.group(2)) == (client["trace.id"], client["span.id"])
 
     channel.unary_unary("/test.v1.Echo/Unary")(b"ok")
-    [server] = wait_for_logs(scope, 1, component="server", method="Unary")
-    [client] = wait_for_logs(scope, 1, component="client", method="Unary")
+    [server] = wait_for_logs(scope, 1, side="server", method="Unary")
+    [client] = wait_for_logs(scope, 1, side="client", method="Unary")
     assert server["trace.id"] == client["trace.id"]
     assert server["parent.id"] == client["span.id"]
     assert server["span.id"] != client["span.id"]
@@ -67,7 +67,7 @@ def test_incoming_traceparent_is_validated(header: str, continued: bool, scope: 
                                            sync_channel: Callable[..., grpc.Channel]) -> None:
     channel = sync_channel(serve_sync(scope.server_interceptors()))
     channel.unary_unary("/test.v1.Echo/Unary")(b"ok", metadata=(("traceparent", header),))
-    [doc] = wait_for_logs(scope, 1, component="server")
+    [doc] = wait_for_logs(scope, 1, side="server")
     assert re.fullmatch(r"[0-9a-f]{32}", doc["trace.id"])
     if continued:
         assert doc["trace.id"] == header[3:35]
@@ -101,9 +101,9 @@ def test_nested_call_continues_the_trace(make_scope: Callable[..., rpcscope.Scop
     plain = sync_channel(front_port)
 
     assert plain.unary_unary("/test.v1.Front/Call")(b"ok") == b"reply:ok"
-    [front_server] = wait_for_logs(front, 1, component="server")
-    [hop] = wait_for_logs(front, 1, component="client")
-    [back_server] = wait_for_logs(back, 1, component="server")
+    [front_server] = wait_for_logs(front, 1, side="server")
+    [hop] = wait_for_logs(front, 1, side="client")
+    [back_server] = wait_for_logs(back, 1, side="server")
     trace_id = front_server["trace.id"]
     assert hop["trace.id"] == back_server["trace.id"] == trace_id
     assert hop["parent.id"] == front_server["span.id"]
@@ -129,8 +129,8 @@ def test_aio_client_writes_traceparent(scope: rpcscope.Scope) -> None:
     header = asyncio.run(run())
     m = TRACEPARENT.fullmatch(header)
     assert m, header
-    [client] = wait_for_logs(scope, 1, component="client")
-    [server] = wait_for_logs(scope, 1, component="server")
+    [client] = wait_for_logs(scope, 1, side="client")
+    [server] = wait_for_logs(scope, 1, side="server")
     assert m.group(1) == client["trace.id"] == server["trace.id"]
     assert m.group(2) == client["span.id"] == server["parent.id"]
 
@@ -167,8 +167,8 @@ def test_otel_server_span_is_child_of_client_span(otel_spans: InMemorySpanExport
                                                   ) -> None:
     channel = sync_channel(serve_sync(scope.server_interceptors()), scope.client_interceptors())
     assert channel.unary_unary("/test.v1.Echo/Unary")(b"ok") == b"reply:ok"
-    [server_doc] = wait_for_logs(scope, 1, component="server")
-    wait_for_logs(scope, 1, component="client")
+    [server_doc] = wait_for_logs(scope, 1, side="server")
+    wait_for_logs(scope, 1, side="client")
     spans = {s.kind: s for s in otel_spans.get_finished_spans()}
     server, client = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
     assert server.name == client.name == "test.v1.Echo/Unary"
@@ -196,8 +196,8 @@ def test_otel_uncaught_exception_marks_server_span(kind: str, otel_spans: InMemo
         else:
             list(channel.unary_stream("/test.v1.Echo/ServerStream")(b"raise"))
     assert info.value.code() is grpc.StatusCode.UNKNOWN
-    wait_for_logs(scope, 1, component="server")
-    wait_for_logs(scope, 1, component="client")
+    wait_for_logs(scope, 1, side="server")
+    wait_for_logs(scope, 1, side="client")
     spans = {s.kind: s for s in otel_spans.get_finished_spans()}
     server = spans[SpanKind.SERVER]
     assert server.status.status_code is StatusCode.ERROR
@@ -219,7 +219,7 @@ def test_otel_client_fault_is_not_a_server_span_error(otel_spans: InMemorySpanEx
     channel = sync_channel(serve_sync(scope.server_interceptors()))
     with pytest.raises(grpc.RpcError):
         channel.unary_unary("/test.v1.Echo/Unary")(b"abort:NOT_FOUND")
-    wait_for_logs(scope, 1, component="server")
+    wait_for_logs(scope, 1, side="server")
     [server] = otel_spans.get_finished_spans()
     assert server.attributes["rpc.grpc.status_code"] == 5
     assert server.status.status_code is StatusCode.UNSET

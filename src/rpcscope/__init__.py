@@ -11,13 +11,14 @@ from rpcscope._config import Config, ConfigError
 from rpcscope._scope import Scope
 from rpcscope.exporters._ecs import EcsFormatter
 from rpcscope.exporters._http import MetricsServer, make_metrics_asgi_app, make_metrics_wsgi_app
-from rpcscope.exporters._logs import FileSink, LogSink, StreamSink
+from rpcscope.exporters._logs import FileSink, LineSink, LogSink, StreamSink
 
 __all__ = [
     "Config",
     "ConfigError",
     "EcsFormatter",
     "FileSink",
+    "LineSink",
     "LogSink",
     "MetricsServer",
     "Scope",
@@ -32,6 +33,6 @@ __version__ = "0.1.0"
 
 def current_trace_ids() -> tuple[str, str] | None:
     """(trace_id, span_id) of the RPC handled in this thread/task, or None outside one."""
-    from rpcscope.collector._core import current_ids
+    from rpcscope.collector._ids import current_ids
 
     return current_ids()

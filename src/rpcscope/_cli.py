@@ -276,7 +276,10 @@ class ScopeStage:
         if run.scope is not None:
             run.scope.close(timeout=5.0)  # flushes the access log and stops /metrics
             stats = run.scope.stats()
-            run.report["logs"] = dict(stats["logs"])
+            logs = stats["logs"]
+            # The report's "lost": records dropped (rpcscope_log_records_total{outcome="dropped"}).
+            run.report["logs"] = {"emitted": logs["emitted"], "delivered": logs["delivered"],
+                                  "lost": logs["dropped"]}
             run.report["instrumentation_errors"] = stats["instrumentation_errors"]
 
 

@@ -83,8 +83,12 @@ class Config:
     #: Distinct methods per side before new ones collapse into ``unknown`` (cardinality guard).
     max_methods: int = 1000
     log_queue_size: int = 10_000
-    #: prometheus_client registry; None → a fresh private ``CollectorRegistry``.
+    #: prometheus_client registry; None → prometheus_client's global ``REGISTRY`` (what
+    #: ``start_http_server()`` serves), as py-grpc-prometheus and OpenTelemetry's exporter do.
     registry: Any = None
+    #: OpenTelemetry ``TracerProvider`` for spans; None → the global provider (spans only when
+    #: an SDK provider is configured; otherwise W3C trace ids without spans).
+    tracer_provider: Any = None
     #: Where this configuration came from, for error messages. Not an option.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -253,6 +257,12 @@ def _validate(cfg: Config) -> Config:
     if registry is not None and not hasattr(registry, "register"):
         raise fail("registry", f"must be a prometheus_client CollectorRegistry, got "
                    f"{type(registry).__name__}", "registry=prometheus_client.CollectorRegistry()")
+
+    provider = cfg.tracer_provider
+    if provider is not None and not callable(getattr(provider, "get_tracer", None)):
+        raise fail("tracer_provider", f"must be an OpenTelemetry TracerProvider, got "
+                   f"{type(provider).__name__}",
+                   "tracer_provider=opentelemetry.sdk.trace.TracerProvider()")
 
     return replace(
         cfg,

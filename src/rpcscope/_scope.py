@@ -1,20 +1,30 @@
-"""The facade users hold: one ``Scope`` per process wires config, metrics, logs and tracing."""
+"""The facade users hold: one ``Scope`` per process wires config, metrics, logs and tracing.
+
+The wiring, in one place (docs/architecture.md draws it): the interceptors append finished
+calls to one :class:`~rpcscope.collector._batcher.Batcher`; its folds are the metrics, its
+consumers the log writers, one per sink. Nothing else talks to anything else.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+import grpc
+from prometheus_client import REGISTRY, CollectorRegistry
 
-from rpcscope._config import Config
+from rpcscope._config import Config, ConfigError
+from rpcscope.collector._batcher import Batcher
 from rpcscope.collector._client import ClientInterceptor, aio_client_interceptors
 from rpcscope.collector._core import CLIENT, SERVER, ErrorCounter, Pipeline
 from rpcscope.collector._methods import MethodTable
-from rpcscope.collector._metrics import GrpcMetrics
+from rpcscope.collector._metrics import AggregateMetrics, OwnMetrics, SharedMetrics
 from rpcscope.collector._server import AioServerInterceptor, ServerInterceptor
 from rpcscope.collector._trace import Tracing
+from rpcscope.exporters._access import LoggingHandler, LogWriter
 from rpcscope.exporters._ecs import Identity
 from rpcscope.exporters._http import (
     MetricsServer,
@@ -22,7 +32,7 @@ from rpcscope.exporters._http import (
     make_metrics_wsgi_app,
     multiprocess_dir,
 )
-from rpcscope.exporters._logs import FileSink, LoggingHandler, LogPipe, LogSink, StreamSink
+from rpcscope.exporters._logs import FileSink, LogSink, StreamSink
 
 
 class Scope:
@@ -31,91 +41,114 @@ class Scope:
     Options come from keyword arguments, ``RPCSCOPE_*`` environment variables, or a YAML file
     (``config_file=`` or ``RPCSCOPE_CONFIG``), in that order of precedence; see :class:`Config`.
     Invalid options raise :class:`ConfigError` here, naming the key and the fix.
+
+    Metrics register in prometheus_client's global ``REGISTRY`` unless ``registry=`` names
+    another, so an application that already serves ``/metrics`` shows rpcscope's series too.
+    One Scope per process and registry: a second one raises :class:`ConfigError` while the
+    first is open; once it is closed, its series stay readable until a new Scope takes the
+    registry over.
     """
 
     def __init__(self, *, config_file: str | os.PathLike[str] | None = None,
                  **options: Any) -> None:
         self.config = cfg = Config.load(config_file=config_file, **options)
-        self.registry: CollectorRegistry = (
-            cfg.registry if cfg.registry is not None else CollectorRegistry()
-        )
+        self.registry: CollectorRegistry = cfg.registry if cfg.registry is not None else REGISTRY
         self._errors = ErrorCounter()
         self._metrics_servers: list[MetricsServer] = []
+        self._registered: list[Any] = []
         self._closed = False
+        self._closed_event = threading.Event()
         self._lock = threading.Lock()
+        self._batcher = batcher = Batcher(self._errors.record, max_ready=cfg.log_queue_size)
+        on = not cfg.disabled
 
-        metrics = None
-        if cfg.metrics and not cfg.disabled:
-            # Exemplars need OpenMetrics state per child, which multiprocess mode cannot keep.
-            multiprocess = multiprocess_dir() is not None
-            exemplars = cfg.exemplars and not multiprocess
-            metrics = GrpcMetrics(self.registry, cfg.histogram_buckets, exemplars,
-                                  deferred=not multiprocess)
-            self._errors.bind(metrics.errors.inc)
-        self._metrics = metrics
+        own: OwnMetrics | None = None
+        store: AggregateMetrics | SharedMetrics | None = None
+        if cfg.metrics and on:
+            previous = _OWNERS.get(id(self.registry))
+            if previous is not None and previous[0].is_set():
+                _unregister(self.registry, previous[1])
+            try:
+                if multiprocess_dir() is not None:
+                    # Only prometheus_client's own metrics write the files every worker's scrape
+                    # aggregates; exemplars need per-child state those files cannot keep.
+                    shared = SharedMetrics(self.registry, cfg.histogram_buckets,
+                                           self._errors.record)
+                    self._registered.extend(shared.collectors)
+                    store = shared
+                else:
+                    aggregate = AggregateMetrics(cfg.histogram_buckets, cfg.exemplars,
+                                                 batcher.fold, self._errors.record)
+                    self.registry.register(aggregate)
+                    self._registered.append(aggregate)
+                    store = aggregate
+                # After the store: a scrape's fold (which counts errors) runs before these
+                # counters are read.
+                own = OwnMetrics(self.registry)
+                self._registered.extend(own.collectors)
+            except ValueError as error:  # "Duplicated timeseries in CollectorRegistry"
+                self._unregister()
+                raise ConfigError(
+                    f"invalid option 'registry' (from {cfg.sources.get('registry', 'default')}):"
+                    f" another open Scope's (or another library's) gRPC metrics are already"
+                    f" registered in it ({str(error)[:120]}...); fix: build one Scope per process"
+                    f" and share it, close()"
+                    f" the other one first, or pass registry=prometheus_client.CollectorRegistry()"
+                    f" for an isolated one"
+                ) from None
+            _OWNERS[id(self.registry)] = (self._closed_event, self._registered)
+            self._errors.bind(own.errors.inc)
+            batcher.add_fold(store.fold, store.handle_types)
+        self._own = own
 
-        self._identity = Identity(cfg.service, cfg.service_version, cfg.environment)
-        self._log_pipe: LogPipe | None = None
-        sink = _make_sink(cfg.access_log)
-        if sink is not None and not cfg.disabled:
-            on_outcome = None
-            if metrics is not None:
-                counter = metrics.log_records
-
-                def on_outcome(outcome: str, n: int) -> None:
-                    counter.labels(outcome).inc(n)
-
-            self._log_pipe = LogPipe(sink, self._identity, cfg.log_queue_size,
-                                     on_outcome=on_outcome, metadata_allowlist=cfg.log_metadata)
-            self._log_pipe.on_error = self._errors.record
-        deferred = metrics.deferred if metrics is not None else None
-        if deferred is not None:
-            deferred.on_error = self._errors.record
-            if self._log_pipe is not None:
-                # Finished calls reach the access log through deferred metrics' batches: one
-                # append on the request path serves both.
-                deferred.forward = self._log_pipe.emit_calls
-                deferred.log_components = frozenset(
-                    (SERVER, CLIENT) if cfg.log_client_calls else (SERVER,)
-                )
-                self._log_pipe.upstream = deferred.drain
-                # One thread for both: the writer folds each batch in, then encodes it.
-                deferred.driver = self._log_pipe.start_thread
-        self._deferred = deferred
-        tracing = Tracing() if cfg.trace else None
-
-        self._server_pipe = Pipeline(metrics, tracing, self._log_pipe, self._errors,
-                                     cfg.log_metadata)
+        identity = Identity(cfg.service, cfg.service_version, cfg.environment)
+        sides = (SERVER, CLIENT) if cfg.log_client_calls else (SERVER,)
+        self._writers: list[LogWriter] = []
+        if on:
+            for sink in _make_sinks(cfg):
+                writer = LogWriter(sink, identity, sides, cfg.log_metadata,
+                                   own.count_log_records if own is not None else None,
+                                   self._errors.record)
+                batcher.add_consumer(writer)
+                self._writers.append(writer)
+        tracing = Tracing(cfg.tracer_provider) if cfg.trace and on else None
+        logging_on = bool(self._writers)
+        wanted = store is not None or logging_on
+        keep_metadata = logging_on and bool(cfg.log_metadata)
+        self._server_pipe = Pipeline(batcher if wanted else None, tracing, self._errors,
+                                     keep_details=logging_on, keep_metadata=keep_metadata)
+        client_logged = logging_on and cfg.log_client_calls
         self._client_pipe = Pipeline(
-            metrics, tracing, self._log_pipe if cfg.log_client_calls else None,
-            self._errors, cfg.log_metadata,
+            batcher if store is not None or client_logged else None, tracing, self._errors,
+            keep_details=client_logged, keep_metadata=False,
         )
-        self._server_table = MethodTable(SERVER, metrics, cfg.exclude_services,
+        self._server_table = MethodTable(SERVER, store, cfg.exclude_services,
                                          cfg.method_filter, cfg.max_methods)
-        self._client_table = MethodTable(CLIENT, metrics, cfg.exclude_services,
+        self._client_table = MethodTable(CLIENT, store, cfg.exclude_services,
                                          cfg.method_filter, cfg.max_methods)
 
     # -- interceptors -------------------------------------------------------------------------
 
-    def server_interceptors(self) -> list[Any]:
+    def server_interceptors(self) -> Sequence[grpc.ServerInterceptor]:
         """For ``grpc.server(executor, interceptors=...)``. Empty when disabled."""
         if self.config.disabled:
             return []
         return [ServerInterceptor(self._server_pipe, self._server_table)]
 
-    def aio_server_interceptors(self) -> list[Any]:
+    def aio_server_interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
         """For ``grpc.aio.server(interceptors=...)``. Empty when disabled."""
         if self.config.disabled:
             return []
         return [AioServerInterceptor(self._server_pipe, self._server_table)]
 
-    def client_interceptors(self) -> list[Any]:
-        """For ``grpc.intercept_channel(channel, *scope.client_interceptors())``."""
+    def client_interceptors(self) -> Sequence[ClientInterceptor]:
+        """For ``grpc.intercept_channel(channel, *scope.client_interceptors())``: one object
+        that is a sync interceptor of all four RPC kinds."""
         if self.config.disabled:
             return []
         return [ClientInterceptor(self._client_pipe, self._client_table)]
 
-    def aio_client_interceptors(self) -> list[Any]:
+    def aio_client_interceptors(self) -> Sequence[grpc.aio.ClientInterceptor]:
         """For ``grpc.aio.insecure_channel(target, interceptors=...)``."""
         if self.config.disabled:
             return []
@@ -127,14 +160,15 @@ class Scope:
         Pass protobuf service descriptors, file descriptors, or generated ``*_pb2`` modules, so
         ``rate()`` and alerts work from the first scrape. Returns the number of methods.
         """
-        if self._metrics is None:
+        if self._own is None:
             return 0
         return self._server_table.initialize(services)
 
     # -- exposition ---------------------------------------------------------------------------
 
     def serve_metrics(self, port: int = 9464, addr: str = "0.0.0.0") -> MetricsServer:
-        """Serve ``/metrics`` and ``/healthz`` on a background thread; ``port=0`` picks one."""
+        """Serve the registry's ``/metrics`` (the application's own series too, with the
+        global registry) and ``/healthz`` on a background thread; ``port=0`` picks one."""
         server = MetricsServer(self.registry, port, addr)
         self._metrics_servers.append(server)
         return server
@@ -149,46 +183,45 @@ class Scope:
 
     # -- logs -----------------------------------------------------------------------------------
 
-    def logging_handler(self) -> Any:
+    def logging_handler(self) -> logging.Handler:
         """A ``logging.Handler`` sending application logs with the access log (ECS, trace ids)."""
-        if self._log_pipe is None:
-            import logging
-
+        if not self._writers:
             return logging.NullHandler()
-        return LoggingHandler(self._log_pipe)
+        return LoggingHandler(self._batcher)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counts for reports: log records emitted/delivered/lost, instrumentation errors."""
-        if self._deferred is not None:
-            self._deferred.drain()  # count every call that has finished so far
-        logs = (self._log_pipe.stats() if self._log_pipe is not None
-                else {"emitted": 0, "delivered": 0, "lost": 0})
+        """Counts for reports: log records emitted / delivered / dropped (summed over the
+        sinks), instrumentation errors."""
+        self._batcher.fold()  # count every call that has finished so far
+        logs = {"emitted": 0, "delivered": 0, "dropped": 0}
+        for writer in self._writers:
+            for key, value in writer.stats().items():
+                logs[key] += value
         return {"logs": logs, "instrumentation_errors": self._errors.count}
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Fold finished calls into the metrics and hand every queued log record to its sink
-        (waits up to ``timeout`` seconds for the sink)."""
-        if self._log_pipe is not None:
-            self._log_pipe.flush(timeout)  # drains deferred metrics first (its upstream)
-        elif self._deferred is not None:
-            self._deferred.drain()
+        """Fold finished calls into the metrics and hand every queued log record to its sinks
+        (waits up to ``timeout`` seconds in all)."""
+        self._batcher.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush logs and stop the metrics servers. Idempotent. (At interpreter exit the log queue
-        is flushed even without it.)"""
+        """Deliver what is queued (within ``timeout``) and stop the metrics servers; the series
+        stay readable. Idempotent. (At interpreter exit the queue is delivered even without
+        it.)"""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        if self._deferred is not None:
-            self._deferred.close()
-        if self._log_pipe is not None:
-            self._log_pipe.close(timeout)
+            self._closed_event.set()
+        self._batcher.close(timeout)
         for server in self._metrics_servers:
             server.close()
         self._metrics_servers.clear()
+
+    def _unregister(self) -> None:
+        _unregister(self.registry, self._registered)
 
     def __enter__(self) -> Scope:
         return self
@@ -197,13 +230,28 @@ class Scope:
         self.close()
 
 
-def _make_sink(access_log: Any) -> LogSink | None:
+#: Per registry (by id): whether the Scope whose metrics are in it was closed, and what it
+#: registered; kept after that Scope is gone, so a new one can take the registry over.
+_OWNERS: dict[int, tuple[threading.Event, list[Any]]] = {}
+
+
+def _unregister(registry: CollectorRegistry, collectors: list[Any]) -> None:
+    for collector in collectors:
+        try:
+            registry.unregister(collector)
+        except KeyError:
+            pass
+    collectors.clear()
+
+
+def _make_sinks(cfg: Config) -> list[LogSink]:
+    access_log = cfg.access_log
     if isinstance(access_log, LogSink):
-        return access_log
+        return [access_log]
     if access_log == "off":
-        return None
+        return []
     if access_log == "stdout":
-        return StreamSink()
+        return [StreamSink()]
     if isinstance(access_log, str):
-        return FileSink(access_log)
-    return access_log  # type: ignore[no-any-return]  # duck-typed sink with .write()
+        return [FileSink(access_log)]
+    return [access_log]  # a duck-typed sink with .write()

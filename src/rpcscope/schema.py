@@ -74,7 +74,10 @@ LABEL_CODE: Final = "grpc_code"
 LABEL_OUTCOME: Final = "outcome"
 #: ``emitted``: produced by an RPC; ``delivered``: written/acknowledged by the sink;
 #: ``dropped``: lost on purpose (queue full) or after the sink gave up, never silently.
-LOG_OUTCOMES: Final = ("emitted", "delivered", "dropped")
+LOG_OUTCOME_EMITTED: Final = "emitted"
+LOG_OUTCOME_DELIVERED: Final = "delivered"
+LOG_OUTCOME_DROPPED: Final = "dropped"
+LOG_OUTCOMES: Final = (LOG_OUTCOME_EMITTED, LOG_OUTCOME_DELIVERED, LOG_OUTCOME_DROPPED)
 CALL_LABELS: Final = (LABEL_TYPE, LABEL_SERVICE, LABEL_METHOD)
 HANDLED_LABELS: Final = (LABEL_TYPE, LABEL_SERVICE, LABEL_METHOD, LABEL_CODE)
 
@@ -150,6 +153,13 @@ DEFAULT_METRICS_PORT: Final = 9464
 ECS_VERSION: Final = "8.11.0"
 #: The access log's ``log.logger``; Kibana saved searches and the Fluentd routes filter on it.
 ACCESS_LOGGER: Final = "rpcscope.access"
+#: Which side of the call logged it: ``server`` or ``client``.
+FIELD_SIDE: Final = "grpc.component"
+#: The path a caller sent for a method the server does not implement (metrics count it under
+#: ``unknown``; the log keeps it, truncated to UNKNOWN_PATH_MAX characters, so a typo in a
+#: client is findable).
+FIELD_UNKNOWN_PATH: Final = "grpc.request.path"
+UNKNOWN_PATH_MAX: Final = 256
 #: Field names every access-log record carries, in output order.
 ACCESS_LOG_FIELDS: Final = (
     "@timestamp",

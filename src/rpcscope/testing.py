@@ -9,7 +9,7 @@ parsing or sleeps::
     sink, registry = CaptureSink(), CollectorRegistry()
     scope = rpcscope.Scope(service="checkout", access_log=sink, registry=registry)
     ...  # make a call through scope.server_interceptors()
-    [doc] = wait_for_logs(scope, 1, component="server")
+    [doc] = wait_for_logs(scope, 1, side="server")
     assert doc["grpc.code"] == "OK"
     assert sample_value(registry, "grpc_server_handled_total", {...}) == 1
 
@@ -57,7 +57,7 @@ class CaptureSink(LogSink):
             self._documents.extend(dict(d) for d in documents)
         return len(documents)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         self.closed = True
 
     @property
@@ -66,7 +66,7 @@ class CaptureSink(LogSink):
         with self._lock:
             return list(self._documents)
 
-    def access_logs(self, component: str | None = None, method: str | None = None,
+    def access_logs(self, side: str | None = None, method: str | None = None,
                     ) -> list[dict[str, Any]]:
         """Access-log documents, optionally only one side (``server``/``client``) or method."""
         from rpcscope import schema
@@ -74,7 +74,7 @@ class CaptureSink(LogSink):
         return [
             d for d in self.documents
             if d.get("log.logger") == schema.ACCESS_LOGGER
-            and (component is None or d.get("grpc.component") == component)
+            and (side is None or d.get(schema.FIELD_SIDE) == side)
             and (method is None or d.get("rpc.method") == method)
         ]
 
@@ -116,7 +116,7 @@ def wait_until(predicate: Callable[[], T], timeout: float = 5.0, interval: float
         time.sleep(interval)
 
 
-def wait_for_logs(scope: Scope, n: int, timeout: float = 5.0, *, component: str | None = None,
+def wait_for_logs(scope: Scope, n: int, timeout: float = 5.0, *, side: str | None = None,
                   method: str | None = None) -> list[dict[str, Any]]:
     """Wait until the scope's :class:`CaptureSink` holds at least ``n`` matching access logs.
 
@@ -132,7 +132,7 @@ def wait_for_logs(scope: Scope, n: int, timeout: float = 5.0, *, component: str 
 
     def ready() -> list[dict[str, Any]]:
         scope.flush(timeout=0.5)
-        docs = sink.access_logs(component, method)
+        docs = sink.access_logs(side, method)
         return docs if len(docs) >= n else []
 
     return wait_until(ready, timeout, message=f"{n} access-log record(s)")
