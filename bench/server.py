@@ -269,19 +269,6 @@ class NoopAioInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 BATCH_INTERVAL_S: float | None = None
 
 
-def _set_batch_interval(scope: Any, seconds: float) -> None:
-    """Wake rpcscope's log writer / metrics folder every ``seconds`` (private attributes).
-
-    Only ``bench/instructions.py`` sets it: under valgrind a call is many times slower, so the
-    default wake-up would see batches far smaller than a real run's and charge their fixed cost
-    too heavily per call (the figures: docs/performance.md).
-    """
-    if scope._log_pipe is not None:
-        scope._log_pipe._interval = seconds
-    if scope._metrics is not None and scope._metrics.deferred is not None:
-        scope._metrics.deferred._interval = seconds
-
-
 def build(config: str, mode: str, log_dir: str) -> Instrumentation:
     """Create the instrumentation for ``config``; imports stay local so bare pays for none."""
     if config == "bare":
@@ -307,9 +294,12 @@ def build(config: str, mode: str, log_dir: str) -> Instrumentation:
         }[config]
         # A registry of its own, whatever Scope's default: a switch process hosts three rpcscope
         # configs, and each must count only the calls it was active for.
-        scope = rpcscope.Scope(service="bench", registry=CollectorRegistry(), **options)
         if BATCH_INTERVAL_S is not None:
-            _set_batch_interval(scope, BATCH_INTERVAL_S)
+            # Only bench/instructions.py sets it: under valgrind a call is many times slower,
+            # so the default round would see batches far smaller than a real run's and charge
+            # their fixed cost too heavily per call (docs/performance.md).
+            options["batch_interval"] = BATCH_INTERVAL_S
+        scope = rpcscope.Scope(service="bench", registry=CollectorRegistry(), **options)
         interceptors = (
             scope.server_interceptors() if mode == "sync" else scope.aio_server_interceptors()
         )

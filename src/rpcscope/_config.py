@@ -35,6 +35,7 @@ ENV_LOG_METADATA: Final = "RPCSCOPE_LOG_METADATA"
 ENV_LOG_CLIENT_CALLS: Final = "RPCSCOPE_LOG_CLIENT_CALLS"
 ENV_MAX_METHODS: Final = "RPCSCOPE_MAX_METHODS"
 ENV_LOG_QUEUE_SIZE: Final = "RPCSCOPE_LOG_QUEUE_SIZE"
+ENV_BATCH_INTERVAL: Final = "RPCSCOPE_BATCH_INTERVAL"
 
 _ENV: Final[dict[str, str]] = {
     "disabled": ENV_DISABLED,
@@ -51,6 +52,7 @@ _ENV: Final[dict[str, str]] = {
     "log_client_calls": ENV_LOG_CLIENT_CALLS,
     "max_methods": ENV_MAX_METHODS,
     "log_queue_size": ENV_LOG_QUEUE_SIZE,
+    "batch_interval": ENV_BATCH_INTERVAL,
 }
 
 
@@ -83,6 +85,8 @@ class Config:
     #: Distinct methods per side before new ones collapse into ``unknown`` (cardinality guard).
     max_methods: int = 1000
     log_queue_size: int = 10_000
+    #: Seconds between the batcher's rounds (fold into the metrics, hand logs to the sinks).
+    batch_interval: float = 0.2
     #: prometheus_client registry; None → prometheus_client's global ``REGISTRY`` (what
     #: ``start_http_server()`` serves), as py-grpc-prometheus and OpenTelemetry's exporter do.
     registry: Any = None
@@ -175,6 +179,12 @@ def _from_env(key: str, var: str, raw: str) -> Any:
             return int(value)
         except ValueError:
             raise ConfigError(f"{var}={raw!r} is not an integer; fix: e.g. {var}=1000") from None
+    if key == "batch_interval":
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not a number of seconds; "
+                              f"fix: e.g. {var}=0.2") from None
     if key == "histogram_buckets":
         try:
             return tuple(float(x) for x in value.split(",") if x.strip())
@@ -231,6 +241,12 @@ def _validate(cfg: Config) -> Config:
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise fail(key, f"must be an integer >= {low}, got {value!r}", f"{key}: 1000")
+
+    interval = cfg.batch_interval
+    if (isinstance(interval, bool) or not isinstance(interval, int | float)
+            or not math.isfinite(interval) or not 0.001 <= interval <= 60):
+        raise fail("batch_interval", f"must be seconds between 0.001 and 60, got {interval!r}",
+                   "batch_interval: 0.2")
 
     if cfg.method_filter is not None and not callable(cfg.method_filter):
         raise fail("method_filter", "must be a callable taking '/pkg.Service/Method'",

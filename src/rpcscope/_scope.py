@@ -59,7 +59,8 @@ class Scope:
         self._closed = False
         self._closed_event = threading.Event()
         self._lock = threading.Lock()
-        self._batcher = batcher = Batcher(self._errors.record, max_ready=cfg.log_queue_size)
+        self._batcher = batcher = Batcher(self._errors.record, interval=cfg.batch_interval,
+                                          max_ready=cfg.log_queue_size)
         on = not cfg.disabled
 
         own: OwnMetrics | None = None
