@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from time import monotonic, perf_counter_ns, time_ns
+from collections.abc import Callable, Sequence
+from time import perf_counter_ns, time_ns
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
@@ -77,58 +77,65 @@ class MethodInfo:
 
 
 class CallRecord:
-    """One RPC as measured by an interceptor. Consumers read it; only the core writes it."""
+    """One RPC as measured by an interceptor. Consumers read it; only the core writes it.
 
-    __slots__ = (
-        "call_details",
-        "code",
-        "deadline",
-        "details",
-        "duration_ns",
-        "end_wall_ns",
-        "error",
-        "ids_token",
-        "info",
-        "metadata",
-        "msgs_in",
-        "msgs_out",
-        "otel_span",
-        "path",
-        "peer",
-        "start_ns",
-        "trace",
-    )
+    The defaults live on the class and a call sets only what it has: an instance's own value
+    shadows the default, which costs less per call than initialising every field.
+    """
 
-    def __init__(self, info: MethodInfo, peer: str | None = None,
-                 deadline: float | None = None) -> None:
+    #: The final status, as Go names it.
+    code: str = "OK"
+    details: str | None = None
+    error: BaseException | None = None
+    #: perf_counter_ns() at the end (request path); duration and wall-clock end are derived
+    #: from it in the batch (:func:`complete_records`).
+    end_ns: int = 0
+    duration_ns: int = 0
+    end_wall_ns: int = 0
+    msgs_in: int = 0
+    msgs_out: int = 0
+    #: The peer as grpc gave it (bytes on a sync server: decoded by whoever prints it).
+    peer: str | bytes | None = None
+    #: Remaining time at the start, seconds, as grpc reported it (unbounded or None when
+    #: the call had no deadline).
+    deadline: float | None = None
+    #: Sync servers: grpc's CallDetails, whose absolute deadline a consumer turns into the
+    #: remaining time at the start (see Pipeline.start_server).
+    call_details: Any = None
+    #: grpc's invocation metadata, as grpc gave it (kept only when a consumer asks).
+    metadata: Any = None
+    #: The path the caller sent, for calls counted under ``unknown`` (see MethodTable).
+    path: str | None = None
+    trace: TraceRef | None = None
+    #: The CURRENT_IDS reset token (server calls in a thread).
+    ids_token: Any = None
+    otel_span: Any = None
+
+    def __init__(self, info: MethodInfo, deadline: float | None = None) -> None:
         self.info = info
         self.start_ns = perf_counter_ns()
-        self.code = "OK"
-        self.details: str | None = None
-        self.error: BaseException | None = None
-        self.duration_ns = 0
-        self.end_wall_ns = 0
-        self.msgs_in = 0
-        self.msgs_out = 0
-        self.peer = peer
-        #: Remaining time at the start, seconds, as grpc reported it (unbounded or None when
-        #: the call had no deadline).
-        self.deadline = deadline
-        #: Sync servers: grpc's CallDetails, whose absolute deadline a consumer turns into the
-        #: remaining time at the start (see Pipeline.start_server).
-        self.call_details: Any = None
-        #: grpc's invocation metadata, as grpc gave it (kept only when a consumer asks).
-        self.metadata: Any = None
-        #: The path the caller sent, for calls counted under ``unknown`` (see MethodTable).
-        self.path: str | None = None
-        self.trace: TraceRef | None = None
-        self.ids_token: Any = None  # CURRENT_IDS reset token (server calls)
-        self.otel_span: Any = None
+        if deadline is not None:
+            self.deadline = deadline
 
     def ids(self) -> tuple[str, str, str | None, str] | None:
         """(trace_id, span_id, parent_span_id, flags), or None when tracing is off."""
         trace = self.trace
         return None if trace is None else resolve_ids(trace)
+
+
+def complete_records(batch: Sequence[Any]) -> None:
+    """The batch's first fold: each finished record's duration and wall-clock end.
+
+    The request path reads one clock (perf_counter_ns); the wall-clock end is that reading
+    plus the offset between the two clocks, read once per batch (a batch is at most a round
+    old, so the clocks' drift in between is far below the microseconds logged)."""
+    offset = time_ns() - perf_counter_ns()
+    for item in batch:
+        if type(item) is CallRecord or isinstance(item, CallRecord):
+            end = item.end_ns
+            if end and not item.end_wall_ns:
+                item.duration_ns = end - item.start_ns
+                item.end_wall_ns = end + offset
 
 
 def go_code(status: grpc.StatusCode | None) -> str:
@@ -219,7 +226,7 @@ class Pipeline:
                 try:
                     metadata = event.invocation_metadata
                     if self.keep_details:
-                        record.peer = event.call.peer().decode("utf-8", "replace")
+                        record.peer = event.call.peer()
                         record.call_details = event.call_details
                 except AttributeError:
                     event = None  # an event of another shape (another grpcio): ask the context
@@ -241,9 +248,8 @@ class Pipeline:
         tracing = self.tracing
         if tracing is not None:
             try:
-                if tracing.tracer is not None or monotonic() >= tracing.next_check:
-                    # An OTel span, or the once-a-second look for a provider configured late.
-                    tracing.start_server(record, metadata)
+                if tracing.tracer is not None:
+                    tracing.start_server(record, metadata)  # an OpenTelemetry span
                 if record.trace is None:
                     # Ids mode: the metadata and a call number; resolved when read.
                     record.trace = trace = (metadata or None, next_call_number())
@@ -263,7 +269,7 @@ class Pipeline:
 
         ``metadata``: what the caller put in the call (a ``traceparent`` there is continued
         when no server call is active)."""
-        record = CallRecord(info, None, deadline)
+        record = CallRecord(info, deadline)
         batcher = self.batcher
         if batcher is not None and info.metrics is not None:
             try:
@@ -286,8 +292,7 @@ class Pipeline:
 
     def stop(self, record: CallRecord) -> None:
         """Time the record and leave its trace context, on the thread that ran the call."""
-        record.duration_ns = perf_counter_ns() - record.start_ns
-        record.end_wall_ns = time_ns()
+        record.end_ns = perf_counter_ns()
         token = record.ids_token
         if token is not None:
             record.ids_token = None

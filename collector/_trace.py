@@ -72,32 +72,32 @@ class Tracing:
         self.tracer: Any = None
         #: monotonic() time before which we do not look for a provider again.
         self.next_check = 0.0
+        self.look()
 
-    def _otel_tracer(self) -> Any:
-        """The OTel tracer when a real provider is configured, else None.
+    def look(self, batch: object = None) -> None:
+        """Find a real TracerProvider: at start, and then (as a fold of the batcher, so never on
+        the request path) at most once a second until one is found.
 
-        ``get_tracer_provider()`` reads ``os.environ`` on every call (about 1 µs); OTel allows
-        the global provider to be set only once, so a real one found stays, and until one is
-        found we look again at most once a second instead of on every RPC.
+        ``get_tracer_provider()`` reads ``os.environ`` on every call; OTel allows the global
+        provider to be set only once, so a real one found stays. A provider configured after
+        the Scope was built is used from the next batcher round on.
         """
         if self.tracer is not None:
-            return self.tracer
+            return
         now = monotonic()
         if now < self.next_check:
-            return None
+            return
         self.next_check = now + self.RECHECK_SECONDS
         provider = self._provider if self._provider is not None else trace.get_tracer_provider()
         if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
-            return None
+            return
         self.tracer = provider.get_tracer(self._tracer_name)
-        return self.tracer
 
     # -- server ---------------------------------------------------------------------------------
 
     def start_server(self, record: CallRecord, metadata: Any) -> None:
-        """A server span when an OTel SDK is configured; otherwise nothing: the Pipeline then
-        starts ids mode itself (on the hot path, see :meth:`Pipeline.start_server`)."""
-        tracer = self._otel_tracer()
+        """A server span (called only once a provider was found: see :meth:`look`)."""
+        tracer = self.tracer
         if tracer is not None:
             parent_ctx = propagate.extract(metadata or (), getter=_GETTER)
             span = tracer.start_span(
@@ -113,7 +113,7 @@ class Tracing:
     def start_client(self, record: CallRecord, metadata: Any = None) -> None:
         """A client span (OTel mode) or ids, continuing the server call this client call is
         made in; outside one, a ``traceparent`` the caller put in ``metadata`` is continued."""
-        tracer = self._otel_tracer()
+        tracer = self.tracer
         current = CURRENT_IDS.get()
         if tracer is not None:
             parent_ctx = None

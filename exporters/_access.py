@@ -65,6 +65,9 @@ def prepare_for_log(record: CallRecord, pick: MetadataPicker,
         resolve_deadline(record, on_error)
     if record.metadata is not None:
         record.metadata = pick(record.metadata)
+    peer = record.peer
+    if type(peer) is bytes:
+        record.peer = peer.decode("utf-8", "replace")
 
 
 def resolve_deadline(record: CallRecord, on_error: Callable[[str], None]) -> None:

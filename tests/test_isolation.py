@@ -317,7 +317,9 @@ def test_failing_tracing_is_counted_not_raised(make_scope: Callable[..., rpcscop
     def boom(*args: Any) -> Any:
         raise RuntimeError("tracing broken")
 
-    monkeypatch.setattr(Tracing, "start_server", boom)
+    from rpcscope.collector import _core
+
+    monkeypatch.setattr(_core, "next_call_number", boom)  # the server's trace, ids mode
     monkeypatch.setattr(Tracing, "start_client", boom)
     monkeypatch.setattr(Tracing, "outgoing_metadata", boom)
     scope = make_scope()

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from rpcscope._config import Config, ConfigError
 from rpcscope.collector._batcher import Batcher
 from rpcscope.collector._client import ClientInterceptor, aio_client_interceptors
-from rpcscope.collector._core import CLIENT, SERVER, ErrorCounter, Pipeline
+from rpcscope.collector._core import CLIENT, SERVER, ErrorCounter, Pipeline, complete_records
 from rpcscope.collector._methods import MethodTable
 from rpcscope.collector._metrics import AggregateMetrics, OwnMetrics, SharedMetrics
 from rpcscope.collector._server import AioServerInterceptor, ServerInterceptor
@@ -61,6 +61,7 @@ class Scope:
         self._lock = threading.Lock()
         self._batcher = batcher = Batcher(self._errors.record, interval=cfg.batch_interval,
                                           max_ready=cfg.log_queue_size)
+        batcher.add_fold(complete_records)  # first: every later fold reads durations
         on = not cfg.disabled
 
         own: OwnMetrics | None = None
@@ -113,6 +114,8 @@ class Scope:
                 batcher.add_consumer(writer)
                 self._writers.append(writer)
         tracing = Tracing(cfg.tracer_provider) if cfg.trace and on else None
+        if tracing is not None:
+            batcher.add_fold(tracing.look)
         logging_on = bool(self._writers)
         wanted = store is not None or logging_on
         keep_metadata = logging_on and bool(cfg.log_metadata)
