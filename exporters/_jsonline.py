@@ -118,6 +118,8 @@ class CallLineEncoder:
         us = (duration + 500) // 1000  # ms with 3 decimals by integer maths: float :.3f is slower
         peer = record.peer
         if peer:
+            if isinstance(peer, bytes):  # not prepared: decode as prepare_for_log does
+                peer = peer.decode("utf-8", "replace")
             peer_part = self._peers.get(info.side, _NO_PEERS).get(peer)
             if peer_part is None:
                 peer_part = self._peer(info.side, peer)
