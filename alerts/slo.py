@@ -68,16 +68,16 @@ def _service_label(expr: Sequence[Part]) -> list[Part]:
 def availability_ratio(window: str) -> list[Part]:
     handled = schema.SERVER_HANDLED
     total: list[Part] = [f"sum by ({BY}) (rate({handled}{{", SEL, f"}}[{window}]))"]
-    bad: list[Part] = [f"sum by ({BY}) (rate({handled}{{", SEL, f',{schema.LABEL_CODE}=~"', V("$s.codes"),
-           f'"}}[{window}]))']
+    bad: list[Part] = [f"sum by ({BY}) (rate({handled}{{", SEL,
+                       f',{schema.LABEL_CODE}=~"', V("$s.codes"), f'"}}[{window}]))']
     return _service_label(["(", *bad, " or 0 * ", *total, ") / (", *total, " > 0)"])
 
 
 def latency_ratio(window: str) -> list[Part]:
     h = schema.SERVER_HANDLING_SECONDS
     unary = f',{schema.LABEL_TYPE}="{schema.TYPE_UNARY}"'
-    fast: list[Part] = [f"sum by ({BY}) (rate({h}_bucket{{", SEL, unary, ',le=~"', V("$s.latency.le"),
-            f'"}}[{window}]))']
+    fast: list[Part] = [f"sum by ({BY}) (rate({h}_bucket{{", SEL, unary,
+                        ',le=~"', V("$s.latency.le"), f'"}}[{window}]))']
     total: list[Part] = [f"sum by ({BY}) (rate({h}_count{{", SEL, unary, f"}}[{window}]))"]
     return _service_label(["1 - (", *fast, " / (", *total, " > 0))"])
 
