@@ -3,7 +3,8 @@
 Rules come from the chart's rules ConfigMap (default values, and
 ``alerts/tests/two-slos.values.yaml`` with two custom SLOs), written to files exactly as
 Prometheus mounts them. Each case feeds promtool input series and says which alerts fire,
-with which labels, at which time; the cases cover a fast burn (pages), a slow burn (tickets only), a short blip (no page), no traffic, and
+with which labels, at which time; the cases cover a fast burn (pages), a slow burn (tickets
+only), a short blip (no page), no traffic, and
 every fixed alert firing and staying silent.
 
 promtool compares annotations exactly. Expected annotations are built here, independently of the
