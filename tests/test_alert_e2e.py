@@ -7,6 +7,10 @@ values changed to make minutes into seconds: ``prometheus.scrapeInterval``/``scr
 ``groupInterval`` (1s), and a webhook receiver. The Prometheus configuration keeps the chart's
 ``global`` block and rules and swaps Kubernetes discovery for the two local shop targets.
 
+Then what the paged person opens: the SLO dashboard's queries and the overview's error and
+latency panels run against this Prometheus, and the latency histogram's exemplars carry the
+``trace_id`` that Grafana's datasource maps to the call's logs.
+
 Two shop instances share one gRPC service, like two pods of a deployment: ``faulty`` fails half
 of its calls with UNAVAILABLE and answers every call after 300 ms, ``healthy`` is fast and
 fine. Traffic goes to ``faulty`` first (the availability and the latency SLO both burn through
@@ -190,6 +194,9 @@ def test_slo_page_reaches_the_webhook_warnings_are_inhibited_and_it_resolves(
             (rules_dir / name).write_text(text)
         am_config = rendered.configmap_data(rendered.name("alertmanager"), "alertmanager.yml")
         prom_yml = rendered.configmap_data(rendered.name("prometheus"), "prometheus.yml")
+        sts = rendered.get("StatefulSet", rendered.name("prometheus"))
+        features = [a for a in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+                    if a.startswith("--enable-feature=")]
 
         with shop_instance({"GetProduct": faulty_fault}) as faulty, \
                 shop_instance(None) as healthy, \
@@ -197,7 +204,7 @@ def test_slo_page_reaches_the_webhook_warnings_are_inhibited_and_it_resolves(
                 prometheus_with_config(
                     tmp_path,
                     prometheus_config(prom_yml, rules_dir, [faulty[1], healthy[1]], am),
-                    ("--rules.alert.resend-delay=1s",)) as prom:
+                    ("--rules.alert.resend-delay=1s", *features)) as prom:
             # Both targets scraped a few times (their zero series are in) before any call.
             wait_until(lambda: len([r for r in (get_json(
                 f"{prom}/api/v1/query?query=up%3D%3D1") or {"data": {"result": []}}
@@ -228,6 +235,18 @@ def test_slo_page_reaches_the_webhook_warnings_are_inhibited_and_it_resolves(
                 + hook.describe())
             assert any(is_page(a, "GRPCLatencyBudgetBurn", "firing") for a in seen)
 
+            # What the paged person opens: every query of the SLO dashboard, and the overview's
+            # error and latency panels, return data from this Prometheus; the latency panel's
+            # exemplars carry the trace_id the datasource links to the call's logs.
+            for uid, title, expr in dashboard_queries():
+                assert query(prom, expr), f"{uid} / {title}: no data for {expr}"
+            bucket = f'grpc_server_handling_seconds_bucket{{grpc_service="{shop.SERVICE_NAME}"}}'
+            exemplars = get_json(
+                f"{prom}/api/v1/query_exemplars?" + urllib.parse.urlencode({
+                    "query": bucket, "start": time.time() - 600, "end": time.time() + 60}))["data"]
+            trace_ids = {e["labels"].get("trace_id") for s in exemplars for e in s["exemplars"]}
+            assert trace_ids and all(re.fullmatch(r"[0-9a-f]{32}", t or "") for t in trace_ids)
+
             # Rollback: traffic only to the healthy instance, until the page resolves. (Once
             # the pages resolve, the tickets are released: their long windows still hold the
             # bad minute. That is inhibition working, so it is not asserted against.)
@@ -252,6 +271,35 @@ def test_slo_page_reaches_the_webhook_warnings_are_inhibited_and_it_resolves(
             assert end["labels"] == page["labels"] and end["endsAt"] > page["startsAt"]
     finally:
         hook.close()
+
+
+SLO_PANELS = None  # every panel of the SLO dashboard
+OVERVIEW_PANELS = ("Server-fault error ratio", "Latency (unary)", "Request rate by code")
+DASHBOARDS = Path(__file__).resolve().parent.parent / "charts/rpcscope-stack/files/dashboards"
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard uid, panel title, PromQL) with the variables set to All and Grafana's rate
+    interval to 1m, as Grafana would send them."""
+    out = []
+    for name, titles in (("slo.json", SLO_PANELS), ("grpc_overview.json", OVERVIEW_PANELS)):
+        board = json.loads((DASHBOARDS / name).read_text())
+        for panel in board["panels"]:
+            if titles is not None and panel["title"] not in titles:
+                continue
+            for target in panel.get("targets", []):
+                expr = re.sub(r"\$\w+", lambda m: "1m" if m.group(0) == "$__rate_interval"
+                              else ".*", target["expr"])
+                out.append((board["uid"], panel["title"], expr))
+    assert len(out) > 8
+    return out
+
+
+def query(prom: str, expr: str) -> list[dict[str, Any]]:
+    body = get_json(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert body and body["status"] == "success", (expr, body)
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
 
 
 def check_page(alert: dict[str, Any], started: datetime.datetime) -> None:
