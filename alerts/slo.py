@@ -48,8 +48,15 @@ Part = str | V
 
 
 def concat(*parts: Part) -> str:
-    """A Go template expression printing the parts one after the other."""
-    items = [p.expr if isinstance(p, V) else json.dumps(p) for p in parts if p != ""]
+    """A Go template expression printing the parts one after the other (adjacent literals
+    merged, so the generated template stays readable)."""
+    merged: list[Part] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        elif part != "":
+            merged.append(part)
+    items = [p.expr if isinstance(p, V) else json.dumps(p) for p in merged]
     return "(print " + " ".join(items) + ")" if len(items) != 1 else items[0]
 
 
