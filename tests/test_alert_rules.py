@@ -723,3 +723,17 @@ def test_grpc_alerts_link_to_the_provisioned_kibana_data_view() -> None:
         assert url.startswith("https://kibana.example.com/app/discover#/?_g=(time:(from:'")
         view = re.search(r"dataViewId:'([^']+)'", url)
         assert view and view.group(1) in data_views
+
+
+def test_chart_slo_defaults_are_the_frozen_schema() -> None:
+    """values.yaml repeats rpcscope.schema's buckets and codes (Helm cannot import Python):
+    they must stay equal, and the values schema must accept exactly Go's code names."""
+    from rpcscope import schema
+
+    chart = ROOT / "charts" / "rpcscope-stack"
+    slo = yaml.safe_load((chart / "values.yaml").read_text())["alerting"]["slo"]
+    assert [float(b) for b in slo["buckets"]] == list(schema.DEFAULT_BUCKETS)
+    assert tuple(slo["errorCodes"]) == schema.SERVER_FAULT_CODES
+    spec = json.loads((chart / "values.schema.json").read_text())
+    item = spec["properties"]["alerting"]["properties"]["slos"]["items"]
+    assert tuple(item["properties"]["errorCodes"]["items"]["enum"]) == schema.CODES
