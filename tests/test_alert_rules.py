@@ -737,3 +737,15 @@ def test_chart_slo_defaults_are_the_frozen_schema() -> None:
     spec = json.loads((chart / "values.schema.json").read_text())
     item = spec["properties"]["alerting"]["properties"]["slos"]["items"]
     assert tuple(item["properties"]["errorCodes"]["items"]["enum"]) == schema.CODES
+
+
+def test_links_default_to_grafanas_root_url_and_kibanas_public_url() -> None:
+    rules = alert_rules(rendered_rules({
+        "grafana": {"grafana.ini": {"server": {"root_url": "https://grafana.corp/"}}},
+        "kibana": {"publicBaseUrl": "https://kibana.corp"},
+    }))
+    (page, *_) = rules["GRPCAvailabilityBudgetBurn"]
+    assert page["annotations"]["dashboard_url"].startswith("https://grafana.corp/d/rpcscope-slo/")
+    assert page["annotations"]["logs_url"].startswith("https://kibana.corp/app/discover#/")
+    (down,) = rules["TargetDown"]
+    assert down["annotations"]["dashboard_url"].startswith("https://grafana.corp/d/")

@@ -65,7 +65,9 @@ rpcscope-stack.alerting.links: the base URLs of the alerts' link annotations, as
 {{- define "rpcscope-stack.alerting.links" -}}
 {{- $l := .Values.alerting.links -}}
 {{- $kibana := $l.kibanaUrl | default .Values.kibana.publicBaseUrl | default .Values.kibana.external.url | default "https://localhost:5601" -}}
-{{- toJson (dict "grafanaUrl" ($l.grafanaUrl | trimSuffix "/") "kibanaUrl" ($kibana | trimSuffix "/") "runbookUrl" $l.runbookUrl) -}}
+{{- $rootUrl := dig "server" "root_url" "" (index .Values.grafana "grafana.ini") -}}
+{{- $grafana := $l.grafanaUrl | default $rootUrl | default "http://localhost:3000" -}}
+{{- toJson (dict "grafanaUrl" ($grafana | trimSuffix "/") "kibanaUrl" ($kibana | trimSuffix "/") "runbookUrl" $l.runbookUrl) -}}
 {{- end -}}
 
 {{/*
