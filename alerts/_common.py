@@ -6,7 +6,7 @@ the rules (``templates/prometheus/_rules.tpl``), so one generated file serves ev
 =================  ===================================  ===================================
 annotation         generated value                      the chart prepends
 =================  ===================================  ===================================
-``runbook_url``    ``#<alert name, lowercase>``          ``alerting.links.runbookUrl``
+``runbook_url``    ``/d/<runbooks>/?viewPanel=<id>#<a>``  Grafana URL, or ``runbookUrl`` + ``#<a>``
 ``dashboard_url``  ``/d/<uid>/?viewPanel=<id>&var-...``  ``alerting.links.grafanaUrl``
 ``logs_url``       ``/app/discover#/?_g=...&_a=...``     ``alerting.links.kibanaUrl``
 =================  ===================================  ===================================
@@ -14,11 +14,12 @@ annotation         generated value                      the chart prepends
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
-from dashboards import kibana_logs
+from dashboards import kibana_logs, runbooks
 
 CRITICAL: Final = "critical"
 WARNING: Final = "warning"
@@ -46,9 +47,18 @@ class _Built(Protocol):
     uid: Any
 
 
+@functools.cache
+def _runbooks() -> _Built:
+    return runbooks.build_dashboard()
+
+
 def runbook(alert: str) -> str:
-    """Anchor of the alert's section in docs/runbooks.md (GitHub-style: lowercase heading)."""
-    return "#" + alert.lower()
+    """The alert's runbook as ``<Grafana path of its panel>#<anchor in docs/runbooks.md>``.
+
+    The chart keeps the path (runbooks served by the stack's Grafana, the default) or replaces
+    it with ``alerting.links.runbookUrl`` and keeps the anchor (GitHub-style: the heading in
+    lowercase). An alert without a section in docs/runbooks.md fails here, at generation."""
+    return f"/d/{runbooks.UID}/?viewPanel={panel_id(_runbooks(), alert)}#{alert.lower()}"
 
 
 def panel_id(board: _Built, title: str) -> int:

@@ -150,9 +150,9 @@ def _alert(kind: str, tier: n.Tier) -> str:
     annotations = gdict(**{
         "summary": concat(*summary),
         "description": concat(*description),
-        a.RUNBOOK_KEY: concat(V("$l.runbookUrl"), a.runbook(name)),
-        a.DASHBOARD_KEY: concat(V("$l.grafanaUrl"), dash),
-        a.LOGS_KEY: concat(V("$l.kibanaUrl"), before, *kql, after),
+        a.RUNBOOK_KEY: concat(a.runbook(name)),
+        a.DASHBOARD_KEY: concat(dash),
+        a.LOGS_KEY: concat(before, *kql, after),
     })
     rule = gdict(
         alert=json.dumps(name),
@@ -190,12 +190,11 @@ def build_template() -> str:
         c.generated_marker("alerts/slo.py"),
         "",
         f'{DEFINE}: the rule groups of one SLO, as a JSON list. Args: (dict "slo" <the',
-        'normalized SLO from rpcscope-stack.alerting.slos> "links" <alerting.links, resolved>',
-        '"for" <alerting.slo.for>).',
+        'normalized SLO from rpcscope-stack.alerting.slos> "for" <alerting.slo.for>). Link',
+        "annotations are paths: the chart completes them like the fixed rules' (_rules.tpl).",
         "*/ -}}",
         f'{{{{- define "{DEFINE}" -}}}}',
         "{{- $s := .slo -}}",
-        "{{- $l := .links -}}",
         "{{- $for := .for -}}",
         "{{- $records := list -}}",
         "{{- $alerts := list -}}",

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ("tools", "dashboards", "src", "alerts", "fluentd-config", "charts/rpcscope-stack/files")
+COPIED = ("tools", "dashboards", "src", "alerts", "fluentd-config", "charts/rpcscope-stack/files",
+          "docs")
 CHART_FILES = "charts/rpcscope-stack/files"
 
 

@@ -6,7 +6,7 @@ The rules Prometheus evaluates, shared by rules-configmap.yaml (our Prometheus) 
   `alerting.alerts.<name>` applied (`enabled: false` drops the alert, `for` replaces its `for:`)
   and the link annotations completed with `alerting.links` (alerts/_common.py explains the paths);
 - `slos.yaml`: the rules of every `alerting.slos` entry, from the generated template
-  templates/generated/_slo_rules.tpl (alerts/slo.py).
+  templates/generated/_slo_rules.tpl (alerts/slo.py), links completed the same way.
 
 rpcscope-stack.alerting.ruleFiles returns JSON {file name: {"groups": [...]}}.
 */}}
@@ -15,7 +15,6 @@ rpcscope-stack.alerting.ruleFiles returns JSON {file name: {"groups": [...]}}.
 {{- $files := dict -}}
 {{- if $a.enabled -}}
 {{- $links := include "rpcscope-stack.alerting.links" . | fromJson -}}
-{{- $bases := dict "runbook_url" $links.runbookUrl "dashboard_url" $links.grafanaUrl "logs_url" $links.kibanaUrl -}}
 {{- range $path, $_ := .Files.Glob "files/rules/*.yaml" -}}
 {{- $doc := $.Files.Get $path | fromYaml -}}
 {{- $groups := list -}}
@@ -27,16 +26,7 @@ rpcscope-stack.alerting.ruleFiles returns JSON {file name: {"groups": [...]}}.
 {{- if not (and (hasKey $o "enabled") (not $o.enabled)) -}}
 {{- $rule := deepCopy . -}}
 {{- with $o.for -}}{{- $_ := set $rule "for" . -}}{{- end -}}
-{{- with $rule.annotations -}}
-{{- $ann := . -}}
-{{- range $key, $base := $bases -}}
-{{- $v := get $ann $key -}}
-{{- if and $v (or (hasPrefix "/" $v) (hasPrefix "#" $v)) -}}
-{{- $_ := set $ann $key (print $base $v) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-{{- $rules = append $rules $rule -}}
+{{- $rules = append $rules (include "rpcscope-stack.alerting.completeLinks" (dict "rule" $rule "links" $links) | fromJson) -}}
 {{- end -}}
 {{- end -}}
 {{- if $rules -}}
@@ -49,14 +39,46 @@ rpcscope-stack.alerting.ruleFiles returns JSON {file name: {"groups": [...]}}.
 {{- end -}}
 {{- $sloGroups := list -}}
 {{- range (include "rpcscope-stack.alerting.slos" . | fromJsonArray) -}}
-{{- $args := dict "slo" . "links" $links "for" $a.slo.for -}}
-{{- $sloGroups = concat $sloGroups (include "rpcscope-stack.alerting.sloGroups" $args | fromJsonArray) -}}
+{{- range (include "rpcscope-stack.alerting.sloGroups" (dict "slo" . "for" $a.slo.for) | fromJsonArray) -}}
+{{- $rules := list -}}
+{{- range .rules -}}
+{{- $rules = append $rules (include "rpcscope-stack.alerting.completeLinks" (dict "rule" . "links" $links) | fromJson) -}}
+{{- end -}}
+{{- $sloGroups = append $sloGroups (set . "rules" $rules) -}}
+{{- end -}}
 {{- end -}}
 {{- if $sloGroups -}}
 {{- $_ := set $files "slos.yaml" (dict "groups" $sloGroups) -}}
 {{- end -}}
 {{- end -}}
 {{- toJson $files -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.alerting.completeLinks: a rule (JSON) with its link annotations made absolute
+(alerts/_common.py): `dashboard_url` and `logs_url` get the Grafana and Kibana URLs;
+`runbook_url` ("<Grafana path of its runbook panel>#<anchor>") becomes that Grafana panel, or
+`alerting.links.runbookUrl` + "#<anchor>" when set. Args: (dict "rule" <rule> "links" <links>)
+*/}}
+{{- define "rpcscope-stack.alerting.completeLinks" -}}
+{{- $rule := deepCopy .rule -}}
+{{- $l := .links -}}
+{{- with $rule.annotations -}}
+{{- $ann := . -}}
+{{- with $ann.dashboard_url -}}{{- if hasPrefix "/" . -}}{{- $_ := set $ann "dashboard_url" (print $l.grafanaUrl .) -}}{{- end -}}{{- end -}}
+{{- with $ann.logs_url -}}{{- if hasPrefix "/" . -}}{{- $_ := set $ann "logs_url" (print $l.kibanaUrl .) -}}{{- end -}}{{- end -}}
+{{- with $ann.runbook_url -}}
+{{- if hasPrefix "/" . -}}
+{{- $parts := splitn "#" 2 . -}}
+{{- if $l.runbookUrl -}}
+{{- $_ := set $ann "runbook_url" (print $l.runbookUrl "#" $parts._1) -}}
+{{- else -}}
+{{- $_ := set $ann "runbook_url" (print $l.grafanaUrl $parts._0) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $rule -}}
 {{- end -}}
 
 {{/*
