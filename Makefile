@@ -50,7 +50,7 @@ typecheck: venv
 	@cp -r exporters build/typecheck/rpcscope/exporters
 	@cp -r examples/shop build/typecheck/rpcscope/example_shop
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p rpcscope
-	MYPYPATH=build/typecheck $(VENV)/bin/mypy --strict --python-version 3.11 dashboards tools
+	MYPYPATH=build/typecheck $(VENV)/bin/mypy --strict --python-version 3.11 dashboards alerts tools
 
 generate: venv
 	$(PY) tools/generate.py

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Final
+from urllib.parse import quote
 
 from grafana_foundation_sdk.builders import common as common_builder
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, table, timeseries
@@ -311,14 +312,37 @@ def quantiles_panel(title: str, description: str, metric: str, selector: Mapping
     """A time series of p50/p90/p99 of ``metric`` by ``by``, legend ``p99 {{legend_label}}``."""
     panel = timeseries_panel(title, description, "s")
     for ref, q in zip("ABC", QUANTILES, strict=True):
-        panel = panel.with_target(
-            prom(
-                histogram_quantile(q, metric, selector, by),
-                f"p{round(q * 100)} {{{{{legend_label}}}}}",
-                ref,
-            )
+        query = prom(
+            histogram_quantile(q, metric, selector, by),
+            f"p{round(q * 100)} {{{{{legend_label}}}}}",
+            ref,
         )
+        # Exemplars: rpcscope attaches the call's trace_id to histogram observations; the
+        # chart's Prometheus datasource maps trace_id to the logs of that call
+        # (exemplarTraceIdDestinations), so a dot on this panel opens the slow call's log lines.
+        panel = panel.with_target(query.exemplar(True) if ref == "C" else query)
     return panel
+
+
+#: Lucene (the Grafana logs dashboard's query language) for the failed calls of the services a
+#: Grafana expression yields: rpc.service and grpc.code are access-log fields (rpcscope.schema).
+def failed_calls_lucene(service_expr: str) -> str:
+    codes = " OR ".join(schema.SERVER_FAULT_CODES)
+    return f'rpc.service:{service_expr} AND grpc.code:({codes})'
+
+
+def failed_calls_link(service_expr: str) -> dict[str, object]:
+    """Data link: the logs dashboard, same time range, the service's server-fault calls.
+
+    ``service_expr`` is a Grafana interpolation (e.g. ``"${__field.labels.grpc_service}"``);
+    it is percent-encoded by Grafana, the rest here."""
+    lucene = failed_calls_lucene("\x00")
+    before, after = (quote(part, safe="") for part in lucene.split("\x00"))
+    value = service_expr.removesuffix("}") + ":percentencode}"
+    return link(
+        "Logs of these failed calls",
+        f"/d/{LOGS_UID}?${{__url_time_range}}&var-query={before}%22{value}%22{after}",
+    )
 
 
 def base_dashboard(title: str, uid: str, source: str, refresh: str = "30s"

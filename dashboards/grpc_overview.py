@@ -116,7 +116,10 @@ def _server(builder: dashboard.Dashboard) -> dashboard.Dashboard:
                     c.error_ratio(schema.SERVER_HANDLED, SERVER, BY_SERVICE),
                     f"{{{{{schema.LABEL_SERVICE}}}}}",
                 )
-            )
+            ).override_by_query("A", [dashboard_model.DynamicConfigValue(
+                id_val="links",
+                value=[c.failed_calls_link(f"${{__field.labels.{schema.LABEL_SERVICE}}}")],
+            )])
         )
         .with_panel(latency)
         .with_panel(

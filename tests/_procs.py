@@ -93,3 +93,67 @@ def wait_until(check: Any, timeout: float, what: str, proc: Any = None) -> Any:
             raise AssertionError(f"process exited while waiting for {what}")
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _start(binary: str, args: list[str], log_path: Path, ready_url: str, what: str
+           ) -> subprocess.Popen[bytes]:
+    log = log_path.open("w")
+    proc = subprocess.Popen([binary, *args], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        wait_until(lambda: _get(ready_url) is not None, 30, f"{what} ready", proc)
+    except AssertionError:
+        _stop(proc)
+        raise AssertionError(f"{what} did not start:\n{log_path.read_text()[-3000:]}") from None
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def prometheus_with_config(tmp: Path, config: str, extra_args: tuple[str, ...] = ()
+                           ) -> Iterator[str]:
+    """A real Prometheus with the given prometheus.yml (rule files and all); yields its URL."""
+    port = free_port()
+    (tmp / "prometheus.yml").write_text(config)
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(require_binary("prometheus"),
+                  [f"--config.file={tmp / 'prometheus.yml'}",
+                   f"--storage.tsdb.path={tmp / 'prom-data'}",
+                   f"--web.listen-address=127.0.0.1:{port}", *extra_args],
+                  tmp / "prometheus.log", f"{url}/-/ready", "Prometheus")
+    try:
+        yield url
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def alertmanager(tmp: Path, config: str) -> Iterator[str]:
+    """A real Alertmanager (Debian's binary is prometheus-alertmanager) with the given config,
+    clustering off; yields its URL."""
+    binary = shutil.which("prometheus-alertmanager") or require_binary("alertmanager")
+    port = free_port()
+    (tmp / "alertmanager.yml").write_text(config)
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(binary,
+                  [f"--config.file={tmp / 'alertmanager.yml'}",
+                   f"--storage.path={tmp / 'am-data'}",
+                   f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                  tmp / "alertmanager.log", f"{url}/-/ready", "Alertmanager")
+    try:
+        yield url
+    finally:
+        _stop(proc)
+
+
+def get_json(url: str) -> Any:
+    body = _get(url)
+    return None if body is None else json.loads(body)

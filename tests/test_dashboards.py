@@ -23,6 +23,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from alerts import metrics as stack_metrics  # noqa: E402
+from alerts import slo_names  # noqa: E402
 from dashboards import _common  # noqa: E402
 from rpcscope import schema  # noqa: E402
 
@@ -38,6 +40,19 @@ HISTOGRAMS = {schema.SERVER_HANDLING_SECONDS, schema.CLIENT_HANDLING_SECONDS}
 KNOWN_SERIES = (
     METRIC_FAMILIES | {h + suffix for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 ) - HISTOGRAMS
+#: The stack-health dashboard reads the stack's own components, named once in alerts/metrics.py;
+#: the SLO dashboard reads the SLO recording rules (alerts/slo_names.py) and Prometheus's ALERTS.
+STACK_SERIES = {
+    v for k, v in vars(stack_metrics).items()
+    if k.isupper() and isinstance(v, str) and re.fullmatch(r"[a-z_]+", v)
+}
+SLO_SERIES = {
+    *(p + w for p in (slo_names.ERRORS_PREFIX, slo_names.SLOW_PREFIX) for w in slo_names.WINDOWS),
+    slo_names.AVAILABILITY_OBJECTIVE,
+    slo_names.LATENCY_OBJECTIVE,
+    "ALERTS",
+}
+KNOWN_SERIES |= STACK_SERIES | SLO_SERIES
 KNOWN_LABELS = {
     *schema.HANDLED_LABELS,
     _common.JOB_LABEL,
@@ -45,6 +60,10 @@ KNOWN_LABELS = {
     _common.LOG_OUTCOME_LABEL,
     "le",
     "__name__",
+    # target and stack-component labels (Prometheus, fluent-plugin-prometheus, the exporter)
+    "instance", "pod", "plugin_id", "cluster", "color", "name", "rule_group", "integration",
+    # SLO recording rules and ALERTS
+    "slo", "service", "alertname", "alertstate",
 }
 
 
@@ -225,6 +244,9 @@ def test_dashboard_shape(path: Path) -> None:
         if panel["type"] == "row":
             continue
         assert panel.get("options") is not None, f"{panel['title']}: options missing"
+        if panel["type"] == "text":  # markdown (the runbooks board): no query, no datasource
+            assert panel["options"]["mode"] == "markdown" and panel["options"]["content"].strip()
+            continue
         ref_ids = [t["refId"] for t in panel["targets"]]
         assert panel["targets"] and all(ref_ids) and len(set(ref_ids)) == len(ref_ids)
         uid, ds_type = panel_datasource_type(dashboard, panel["datasource"])

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ("tools", "dashboards", "src", "alerts", "fluentd-config", "charts/rpcscope-stack/files")
+COPIED = ("tools", "dashboards", "src", "alerts", "fluentd-config", "charts/rpcscope-stack/files",
+          "docs")
 CHART_FILES = "charts/rpcscope-stack/files"
 
 
@@ -125,13 +126,15 @@ PROMTOOL_TEST = "rule_files: [../slo/grpc.yaml]\ntests: []\n"
 def test_alert_rule_files_are_copied_flat_and_test_files_are_not(tree: Path) -> None:
     alerts = tree / "alerts"
     (alerts / "slo").mkdir()
-    (alerts / "tests").mkdir()
+    (alerts / "tests").mkdir(exist_ok=True)
     (alerts / "slo" / "grpc.yaml").write_text(RULES)
     (alerts / "stack.yml").write_text(RULES)
     (alerts / "tests" / "grpc_test.yaml").write_text(PROMTOOL_TEST)
     assert run(tree).returncode == 0
     rules = tree / CHART_FILES / "rules"
-    assert sorted(p.name for p in rules.iterdir()) == ["slo-grpc.yaml", "stack.yaml"]
+    names = {p.name for p in rules.iterdir()}
+    # Beside alerts/generated/'s files (generated-*.yaml), exactly the two rule files.
+    assert {n for n in names if not n.startswith("generated-")} == {"slo-grpc.yaml", "stack.yaml"}
     assert (rules / "slo-grpc.yaml").read_text() == RULES
     assert run(tree, "--check").returncode == 0
 
@@ -144,3 +147,21 @@ def test_rule_files_whose_flat_names_collide_are_refused(tree: Path) -> None:
     result = run(tree)
     assert result.returncode != 0
     assert "rename one" in result.stderr
+
+
+def test_alert_sources_and_hand_edits_of_their_outputs_are_caught(tree: Path) -> None:
+    """A changed SLO tier (alerts/slo_names.py) must reach the chart's SLO template, and a hand
+    edit of a generated rule file (or of its chart copy) fails the check."""
+    names = tree / "alerts" / "slo_names.py"
+    names.write_text(names.read_text().replace('"1h", "5m", 14.4,', '"1h", "5m", 13.44,'))
+    result = run(tree, "--check")
+    assert result.returncode == 1
+    assert "changed  charts/rpcscope-stack/templates/generated/_slo_rules.tpl" in result.stdout
+    assert "13.44 * (1 - " in result.stdout
+    assert run(tree).returncode == 0
+
+    rules = tree / CHART_FILES / "rules" / "generated-fluentd.yaml"
+    rules.write_text(rules.read_text().replace("for: 15m", "for: 1m"))
+    result = run(tree, "--check")
+    assert result.returncode == 1
+    assert f"changed  {CHART_FILES}/rules/generated-fluentd.yaml" in result.stdout

@@ -162,6 +162,33 @@ def _is_rule_file(rel: str, content: bytes) -> bool:
     return isinstance(document, dict) and "groups" in document
 
 
+ALERTS_OUT = "alerts/generated"
+CHART_GENERATED_TEMPLATES = "charts/rpcscope-stack/templates/generated"
+
+
+def alert_rules(tree: Tree) -> Output:
+    """``alerts/stack.py:build_rules()`` -> ``alerts/generated/<file>.yaml`` (the fixed alerts)."""
+    module = importlib.import_module("alerts.stack")
+    header = f"# {_marker('alerts/stack.py')}\n"
+    files = {
+        f"{name}.yaml": (header + yaml.safe_dump(doc, sort_keys=False, width=100)).encode()
+        for name, doc in module.build_rules().items()
+    }
+    return Output(ALERTS_OUT, files)
+
+
+def chart_slo_template(tree: Tree) -> Output:
+    """``alerts/slo.py:build_template()`` -> the chart's ``templates/generated/_slo_rules.tpl``:
+    the rules of one SLO, rendered by Helm once per ``alerting.slos`` entry."""
+    module = importlib.import_module("alerts.slo")
+    return Output(CHART_GENERATED_TEMPLATES, {"_slo_rules.tpl": module.build_template().encode()})
+
+
+def _marker(source: str) -> str:
+    common = importlib.import_module(f"{DASHBOARDS_DIR}._common")
+    return str(common.generated_marker(source))
+
+
 def chart_rules(tree: Tree) -> Output:
     """Rule files under ``alerts/`` -> ``files/rules/``, flattened (``slo/grpc.yml`` ->
     ``slo-grpc.yaml``): ConfigMap keys cannot hold ``/``, and the chart loads one glob,
@@ -188,6 +215,8 @@ GENERATORS: tuple[Callable[[Tree], Output], ...] = (
     chart_dashboards,
     chart_kibana,
     chart_fluentd,
+    alert_rules,
+    chart_slo_template,
     chart_rules,
 )
 

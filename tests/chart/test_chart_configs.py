@@ -117,11 +117,12 @@ def test_promtool_catches_a_broken_relabel_rule(promtool: str, tmp_path: Path) -
 def test_promtool_accepts_every_rendered_rule_file(
     rendered: Get, promtool: str, tmp_path: Path
 ) -> None:
-    """Rules from files/rules/ (generated from alerts/) as they reach Prometheus."""
+    """Rules from files/rules/ (generated from alerts/) and the default SLO's rules (slos.yaml,
+    rendered from alerting.slos) as they reach Prometheus."""
     r = rendered("defaults")
     data = r.get("ConfigMap", f"{r.name('prometheus')}-rules").get("data") or {}
     sources = sorted(p.name for p in (CHART_DIR / "files" / "rules").glob("*.yaml"))
-    assert sorted(data) == sources
+    assert sorted(data) == sorted([*sources, "slos.yaml"])
     if not data:
         pytest.skip("files/rules/ is empty so far (alerts/ not generated yet)")
     paths = []

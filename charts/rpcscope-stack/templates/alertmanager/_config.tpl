@@ -32,10 +32,17 @@ route:
   group_wait: {{ $am.route.groupWait }}
   group_interval: {{ $am.route.groupInterval }}
   repeat_interval: {{ $am.route.repeatInterval }}
-  {{- with $am.route.routes }}
   routes:
+    {{- with $am.route.routes }}
     {{- toYaml . | nindent 4 }}
-  {{- end }}
+    {{- end }}
+    # Pages and tickets (alerts/ labels every alert critical or warning), after your own routes.
+    - matchers: ['severity="critical"']
+      receiver: {{ $am.route.pageReceiver | default $am.route.receiver | quote }}
+      repeat_interval: {{ $am.route.pageRepeatInterval }}
+    - matchers: ['severity="warning"']
+      receiver: {{ $am.route.ticketReceiver | default $am.route.receiver | quote }}
+      repeat_interval: {{ $am.route.ticketRepeatInterval }}
 {{- with $am.inhibitRules }}
 inhibit_rules:
   {{- toYaml . | nindent 2 }}

@@ -68,6 +68,18 @@ datasources:
     jsonData:
       timeInterval: {{ .Values.prometheus.scrapeInterval | quote }}
       httpMethod: POST
+      {{- /* Metrics to logs: rpcscope's histogram exemplars carry trace_id; each destination
+      below becomes a link on an exemplar dot (the logs of that one call). */}}
+      {{- $links := include "rpcscope-stack.alerting.links" . | fromJson }}
+      exemplarTraceIdDestinations:
+        {{- if include "rpcscope-stack.grafana.esEnabled" . }}
+        - name: trace_id
+          datasourceUid: elasticsearch
+          urlDisplayLabel: Logs of this call
+        {{- end }}
+        - name: trace_id
+          url: {{ printf "%s/app/discover#/?_g=(time:(from:now-1h,to:now))&_a=(dataSource:(dataViewId:'rpcscope-logs',type:dataView),query:(language:kuery,query:'%s:%%22${__value.raw}%%22'))" $links.kibanaUrl $ds.elasticsearch.traceIdField | quote }}
+          urlDisplayLabel: Logs of this call in Kibana
 {{- if or .Values.alertmanager.enabled .Values.alertmanager.external.url }}
   - name: Alertmanager
     uid: alertmanager
