@@ -146,8 +146,11 @@ def prometheus_config(rendered: str, rules_dir: Path, targets: list[str], am_url
 
 @contextmanager
 def shop_instance(faults: dict[str, shop.Fault] | None) -> Iterator[tuple[str, str]]:
-    """An instrumented shop; yields (gRPC address, metrics address)."""
-    scope = rpcscope.Scope(service="shop", access_log="off")
+    """An instrumented shop; yields (gRPC address, metrics address). Two run in this process
+    side by side, so each has a registry of its own."""
+    from prometheus_client import CollectorRegistry
+
+    scope = rpcscope.Scope(service="shop", access_log="off", registry=CollectorRegistry())
     server, port = shop.serve(scope, port=0, faults=faults, seed=7)
     metrics = scope.serve_metrics(port=0, addr="127.0.0.1")
     try:
