@@ -254,10 +254,16 @@ class _Open:
         self.opened = time.monotonic()
 
 
-def _write_segment(directory: str, batch: _Batch, seq: int) -> tuple[str, int]:
+#: Tokens of the sinks alive in this process: a segment named with our pid but another token
+#: was left by a sink that is closed, and may be adopted.
+_LIVE_TOKENS: set[str] = set()
+
+
+def _write_segment(directory: str, batch: _Batch, token: str, seq: int) -> tuple[str, int]:
     """Atomically: a temp file, fsync, rename, fsync of the directory. Names sort oldest first
-    and carry the pid, so forked processes never collide and orphans can be adopted."""
-    name = f"{time.time_ns():020d}-{os.getpid()}-{seq:08d}{_SEGMENT_SUFFIX}"
+    and carry pid and sink token, so forked processes never collide and orphans (of a dead
+    process or a closed sink) can be adopted."""
+    name = f"{time.time_ns():020d}-{os.getpid()}-{token}-{seq:08d}{_SEGMENT_SUFFIX}"
     data = msgpack.packb([_SEGMENT_VERSION, batch.tag, batch.chunk, batch.sizes, batch.entries],
                          use_bin_type=True)
     tmp = os.path.join(directory, f".tmp-{name}")
@@ -294,11 +300,12 @@ def _read_segment(path: str, own: bool) -> _Batch:
     return _Batch(tag, entries, list(sizes), 0, own=own, chunk=chunk, segment=path)
 
 
-def _segment_pid(name: str) -> int:
+def _segment_owner(name: str) -> tuple[int, str]:
+    parts = name.split("-")
     try:
-        return int(name.split("-")[1])
+        return int(parts[1]), parts[2]
     except (IndexError, ValueError):
-        return -1
+        return -1, ""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -501,6 +508,8 @@ class ForwardSink(LogSink):
     def _init_state(self) -> None:
         """Everything a process owns alone (rebuilt in a forked child)."""
         self._pid = os.getpid()
+        self._token = secrets.token_hex(4)
+        _LIVE_TOKENS.add(self._token)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._packer = msgpack.Packer(use_bin_type=True, default=_default)
@@ -516,7 +525,7 @@ class ForwardSink(LogSink):
         self._own_segments: dict[str, int] = {}  # path -> first_seq, for flush()
         self._spill_bytes = 0
         self._segment_seq = 0
-        self._scanned = 0.0
+        self._scanned = -1e9
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._keepalive = True
@@ -695,7 +704,7 @@ class ForwardSink(LogSink):
                 self._drop("spill_full", batch.count)
                 continue
             try:
-                path, size = _write_segment(directory, batch, seq)
+                path, size = _write_segment(directory, batch, self._token, seq)
             except OSError as e:
                 self._drop("spill_error", batch.count)
                 self._report("spill", f"cannot write a spill segment in {directory!r}: {e}")
@@ -814,11 +823,13 @@ class ForwardSink(LogSink):
         for name in names:
             if not name.endswith(_SEGMENT_SUFFIX) or name.startswith("."):
                 continue
-            owner = _segment_pid(name)
-            if owner == pid or _pid_alive(owner):
+            owner, token = _segment_owner(name)
+            if token == self._token or (owner == pid and token in _LIVE_TOKENS) or (
+                    owner != pid and _pid_alive(owner)):
                 continue
             parts = name.split("-")
-            new = os.path.join(directory, "-".join([parts[0], str(pid), *parts[2:]]))
+            new = os.path.join(directory, "-".join([parts[0], str(pid), self._token,
+                                                    *parts[3:]]))
             try:
                 os.rename(os.path.join(directory, name), new)
                 size = os.path.getsize(new)
@@ -983,23 +994,24 @@ class ForwardSink(LogSink):
     def _connect(self) -> socket.socket:
         """The first server that accepts, starting from the last good one (failover)."""
         errors: list[str] = []
+        auth_failed = False
         count = len(self.servers)
         for step in range(count):
             index = (self._server_index + step) % count
             server = self.servers[index]
             try:
                 sock, keepalive = self._open_connection(server)
-            except ForwardAuthError:
-                raise
             except Exception as e:
                 errors.append(f"{server}: {e}")
+                auth_failed = auth_failed or isinstance(e, ForwardAuthError)
                 continue
             with self._lock:
                 self._reconnects += 1
             self._server_index = index
             self._sock, self._keepalive = sock, keepalive
             return sock
-        raise ConnectionError("no Fluentd server reachable (" + "; ".join(errors) + ")")
+        error = ForwardAuthError if auth_failed else ConnectionError
+        raise error("no Fluentd server reachable (" + "; ".join(errors) + ")")
 
     def _open_connection(self, server: Server) -> tuple[socket.socket, bool]:
         timeout = self._bounded(self._connect_timeout)
@@ -1216,6 +1228,7 @@ class ForwardSink(LogSink):
                 leftover = []
         if leftover:
             self._spill(leftover)
+        _LIVE_TOKENS.discard(self._token)
         with self._cond:
             self._cond.notify_all()
 

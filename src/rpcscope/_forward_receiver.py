@@ -69,7 +69,8 @@ class ForwardReceiver:
     half-way through a request), ``read_delay`` (seconds slept before each read of at most
     ``read_size`` bytes), ``refuse`` (a predicate on (tag, records): True closes the
     connection without storing or acking, like a server rejecting an oversized chunk) and
-    ``max_request_bytes``.
+    ``max_request_bytes``, and ``forge_pong_key`` (claim a successful handshake with a
+    digest made from the wrong key).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, unix_path: str | None = None,
@@ -99,6 +100,9 @@ class ForwardReceiver:
         self.read_size = 65536
         self.refuse: Callable[[str, list[dict[str, Any]]], bool] | None = None
         self.max_request_bytes: int | None = None
+        #: Answer every PING with PONG ok and a digest made with this key instead (a server
+        #: that does not know the shared key but claims success).
+        self.forge_pong_key: bytes | None = None
         self._events: list[ForwardEvent] = []
         self._chunks: dict[str, int] = {}
         self._cond = threading.Condition()
@@ -294,6 +298,11 @@ class ForwardReceiver:
                           if password is not None else b"")
                 if password is None or not hmac.compare_digest(wanted, user_digest):
                     reason = "username/password mismatch"
+        if self.forge_pong_key is not None and isinstance(ping, list) and len(ping) == 6:
+            forged = hashlib.sha512(ping[2] + server_host + nonce + self.forge_pong_key)
+            conn.sendall(msgpack.packb(["PONG", True, "", self.self_hostname,
+                                        forged.hexdigest()]))
+            return True
         if reason:
             self.stats["handshake_failures"] += 1
             conn.sendall(msgpack.packb(["PONG", False, reason, "", ""]))
