@@ -616,7 +616,7 @@ class ForwardSink(LogSink):
                 pack(value)
                 kept[name] = value
                 continue
-            except Exception:
+            except Exception:  # noqa: S110 - the sanitizing step below handles it
                 pass
             try:
                 clean = _sanitize(value, 0, set())
@@ -949,7 +949,7 @@ class ForwardSink(LogSink):
             sock.settimeout(left)
             try:
                 data = sock.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise _NoAck(f"no ack within {self._ack_timeout}s") from None
             except OSError as e:
                 raise _NoAck(f"connection lost waiting for the ack: {e}") from None
@@ -1130,7 +1130,7 @@ class ForwardSink(LogSink):
         path = self._dead_letter_path
         line = ""
         try:
-            when, record = msgpack.unpackb(batch.entries, raw=False, strict_map_key=False,
+            _when, record = msgpack.unpackb(batch.entries, raw=False, strict_map_key=False,
                                            unicode_errors="surrogateescape")
             line = json.dumps({"reason": reason, "tag": batch.tag, "chunk": batch.chunk,
                                "dead_lettered_at": time.time(), "record": record},
@@ -1193,7 +1193,7 @@ class ForwardSink(LogSink):
                 if oldest is None or oldest >= target:
                     return True
                 left = end - time.monotonic()
-                if left <= 0 or self._closed and self._thread is None:
+                if left <= 0 or (self._closed and self._thread is None):
                     return False
                 self._cond.wait(min(left, 0.1))
 
@@ -1321,21 +1321,3 @@ def _close_at_exit(ref: weakref.ref[ForwardSink]) -> None:
             sink.close(sink._exit_timeout)
         except Exception:  # noqa: S110 - exit must go on
             pass
-
-
-def read_secret(value: str | None, file_path: str | None, name: str) -> str | None:
-    """A secret given directly or as a file (a mounted Kubernetes Secret); not both."""
-    if file_path is None:
-        return value
-    if value is not None:
-        raise _bad(name, "given both directly and as a file", f"set {name} or its _FILE, not both")
-    try:
-        with open(file_path, encoding="utf-8") as f:
-            text = f.read().strip("\r\n")
-    except OSError as e:
-        raise _bad(name, f"cannot read {file_path!r}: {e.strerror}",
-                   "point it at a readable file (e.g. a mounted Secret)") from None
-    if not text:
-        raise _bad(name, f"file {file_path!r} is empty", "put the secret in it")
-    return text
-
