@@ -77,12 +77,16 @@ def test_documents_arrive_as_packed_forward_with_nanosecond_event_time(receiver,
     sink = make_sink(receiver.address)
     batch = docs(3) + docs(2, start=3, access=False)
     batch[0]["@timestamp"] = "2026-01-02T03:04:05.123456Z"
+    batch[1]["@timestamp"] = "1800-01-01T00:00:00.000000Z"  # not an EventTime: now instead
+    batch[2]["@timestamp"] = "garbage"
+    before = time.time_ns()
     assert sink.write(batch) == 5
     assert sink.flush(10)
     events = receiver.wait_for(5)
     assert {e.mode for e in events} == {"PackedForward"}
     by_id = {e.record["id"]: e for e in events}
     assert by_id[0].time_ns == 1767323045_123456000
+    assert by_id[1].time_ns >= before and by_id[2].time_ns >= before
     assert by_id[0].record == batch[0]  # the ECS document, unchanged
     assert {by_id[i].tag for i in range(3)} == {"rpcscope.access"}
     assert {by_id[i].tag for i in (3, 4)} == {"rpcscope.app"}

@@ -190,6 +190,11 @@ class ForwardReceiver:
         with self._cond:
             return list(self._events)
 
+    @property
+    def event_count(self) -> int:
+        """How many events were stored so far (cheap: no copy)."""
+        return len(self._events)
+
     def records(self, tag: str | None = None) -> list[dict[str, Any]]:
         return [e.record for e in self.events if tag is None or e.tag == tag]
 
@@ -222,7 +227,7 @@ class ForwardReceiver:
         while self._running:
             try:
                 conn, _ = listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -262,7 +267,7 @@ class ForwardReceiver:
         while self._running:
             try:
                 return conn.recv(self.read_size)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
         return b""
 
