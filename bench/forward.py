@@ -33,7 +33,6 @@ import logging
 import os
 import platform
 import pstats
-import statistics
 import subprocess
 import sys
 import threading
@@ -300,11 +299,13 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
            for name, runs in results.items()}
     ours, base = med["rpcscope"], med["fl-async"]
     ratio = ours["rate"] / base["rate"]
+    handler_ratio = ours["rate"] / med["fl-async-handler"]["rate"]
     lost_total = sum(r["lost"] for runs in results.values() for r in runs if
                      r["name"] == "rpcscope")
     checks = [
-        ("throughput ≥ 5× fluent-logger's async sender (acks on)", ratio >= 5,
-         f"{ratio:.2f}×"),
+        ("throughput ≥ 5x fluent-logger's async sender (acks on)", ratio >= 5,
+         f"{ratio:.2f}x its direct `emit` (which skips `logging`); {handler_ratio:.2f}x its "
+         "async `FluentHandler` (from a `logging` call, like ours)"),
         ("caller p99 < 20 µs", ours["p99"] < 20, f"{ours['p99']:.1f} µs"),
         ("zero loss", lost_total == 0, f"{lost_total} lost over {len(results['rpcscope'])} runs"),
     ]
@@ -354,7 +355,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     for name in SENDERS:
         r = med[name]
         lines.append(
-            f"| {name} | {r['rate']:,.0f} | {r['rate'] / base['rate']:.2f}× | {r['p50']:.1f} | "
+            f"| {name} | {r['rate']:,.0f} | {r['rate'] / base['rate']:.2f}x | {r['p50']:.1f} | "
             f"{r['p99']:.1f} | {r['p999']:.1f} | {r['caller_cpu_us']:.1f} | "
             f"{r['caller_s']:.2f} | {r['lost']} | {r['duplicates']} |")
     lines += ["", "Every repeat (records/s): " + "; ".join(
