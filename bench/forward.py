@@ -76,9 +76,16 @@ def serve() -> None:
     receiver.stop()
 
 
+def pin(cpu: int | None) -> None:
+    """Pin this process (all its threads) to one CPU; see ``main`` for why."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
 class Receiver:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve"],
+    def __init__(self, cpu: int | None) -> None:
+        pin_args = ["--cpu", str(cpu)] if cpu is not None else []
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", *pin_args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
@@ -330,7 +337,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
         f"- **Load:** per sender and repeat, {args.records} records from one caller thread "
         "as fast as it can; the receiver (`rpcscope.testing.ForwardReceiver`) runs in its own "
         "process on loopback TCP; senders interleaved per repeat; the median repeat (by "
-        "throughput) is shown.",
+        f"throughput) is shown; {args.pinning}.",
         "- **rpcscope's path:** `logging` → the bench's `BatchingHandler` (caller: resolve "
         "the message, capture trace ids, append to a deque) → a thread building ECS documents "
         "(`log_record_document`) → `ForwardSink.write` (msgpack, EventTime) → its sender "
@@ -398,19 +405,32 @@ def write_docs(section: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=50_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile-records", type=int, default=20_000)
     parser.add_argument("--senders", default=",".join(SENDERS))
     parser.add_argument("--write-docs", action="store_true",
                         help=f"replace this bench's section in {DOC.relative_to(ROOT)}")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the scheduler place the senders and the receiver")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
+        pin(args.cpu)
         serve()
         return
+    # With 2+ CPUs the receiver (standing in for Fluentd, another process) gets the last CPU
+    # and every sender the first, so no sender's threads compete with the receiver's.
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    sender_cpu = receiver_cpu = None
+    if not args.no_pin and len(cpus) >= 2:
+        sender_cpu, receiver_cpu = cpus[0], cpus[-1]
+    args.pinning = (f"senders on CPU {sender_cpu}, receiver on CPU {receiver_cpu}"
+                    if sender_cpu is not None else "not pinned")
     senders = [s for s in args.senders.split(",") if s]
     wall = time.monotonic()
-    receiver = Receiver()
+    receiver = Receiver(receiver_cpu)
+    pin(sender_cpu)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in senders}
     try:
         run_one("rpcscope", 2000, receiver)  # warm-up: imports, first connections

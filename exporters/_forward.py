@@ -910,7 +910,8 @@ class ForwardSink(LogSink):
                 self._inflight = None
                 self._cond.notify_all()
             if batch.segment is not None:  # the halves now live in memory
-                self._mem_bytes_add(len(batch.entries))
+                with self._lock:
+                    self._mem_bytes += len(batch.entries)
                 self._forget_segment(batch.segment)
             return True
         if batch.suspect_acks is not None and self._acks_total > batch.suspect_acks:
@@ -931,10 +932,6 @@ class ForwardSink(LogSink):
             self._forget_segment(batch.segment)
             batch.segment = None
         return True
-
-    def _mem_bytes_add(self, n: int) -> None:
-        with self._lock:
-            self._mem_bytes += n
 
     def _send(self, batch: _Batch) -> None:
         sock = self._sock
@@ -965,14 +962,18 @@ class ForwardSink(LogSink):
         unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape")
         end = time.monotonic() + self._bounded(self._ack_timeout)
         while True:
-            left = end - time.monotonic()
+            now = time.monotonic()
+            left = end - now
             if left <= 0:
                 raise _NoAck(f"no ack within {self._ack_timeout}s")
-            sock.settimeout(left)
+            if self._closing and now >= self._deadline:
+                raise _NoAck("closing: the deadline passed while waiting for the ack")
+            # Short slices: close() may set a deadline while this wait is under way.
+            sock.settimeout(min(left, 0.25))
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                raise _NoAck(f"no ack within {self._ack_timeout}s") from None
+                continue
             except OSError as e:
                 raise _NoAck(f"connection lost waiting for the ack: {e}") from None
             if not data:
@@ -1124,9 +1125,16 @@ class ForwardSink(LogSink):
                                    "shared key (or is not the server you meant); refusing it")
         return keepalive
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, wake: bool = False) -> None:
+        """Drop the connection; ``wake`` also shuts it down, which (unlike close) wakes a
+        thread blocked in recv on it."""
         sock, self._sock = self._sock, None
         if sock is not None:
+            try:
+                if wake:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 sock.close()
             except OSError:
@@ -1136,17 +1144,25 @@ class ForwardSink(LogSink):
         if not self._keepalive:
             self._disconnect()
         with self._cond:
-            self._inflight = None
+            mine = self._release(batch)
             self._counts["acked"] += batch.count
             self._acks_total += 1
             self._last_ack = time.time()
-            if batch.segment is None:
+            if batch.segment is None and mine:
                 self._mem_bytes -= len(batch.entries)
             else:
                 self._counts["replayed"] += batch.count
             self._cond.notify_all()
         if batch.segment is not None:
             self._forget_segment(batch.segment)
+
+    def _release(self, batch: _Batch) -> bool:
+        """Lock held: stop tracking ``batch`` as in flight; False when close() already took it
+        over (spilled or counted it), so its bytes are not released twice."""
+        if self._inflight is batch:
+            self._inflight = None
+            return True
+        return not self._closed
 
     def _dead_letter(self, batch: _Batch, reason: str) -> None:
         path = self._dead_letter_path
@@ -1167,9 +1183,9 @@ class ForwardSink(LogSink):
         except Exception as e:
             self._report("dead-letter", f"cannot write the dead-letter file {path!r}: {e!r}")
         with self._cond:
-            self._inflight = None
+            mine = self._release(batch)
             self._counts["dead_lettered"] += batch.count
-            if batch.segment is None:
+            if batch.segment is None and mine:
                 self._mem_bytes -= len(batch.entries)
             self._cond.notify_all()
         if batch.segment is not None:
@@ -1234,7 +1250,10 @@ class ForwardSink(LogSink):
         self._wake.set()
         thread = self._thread
         if thread is not None and thread.is_alive():
-            thread.join(max(timeout, 0.0) + 1.0)
+            thread.join(max(timeout, 0.0) + 0.5)
+            if thread.is_alive():
+                self._disconnect(wake=True)
+                thread.join(1.0)
         elif self._queue or self._segments:
             self._run()  # no thread (never started, or interpreter shutdown): deliver inline
         self._disconnect()

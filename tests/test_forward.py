@@ -384,6 +384,29 @@ def test_handshake_failures_fail_closed_with_a_clear_error(make_sink, server, cl
         assert r.events == []
 
 
+def test_server_without_keepalive_gets_a_new_handshake_per_batch(make_sink):
+    with ForwardReceiver(shared_key="k", keepalive=False) as r:
+        sink = make_sink(r.address, shared_key="k", batch_records=10)
+        sink.write(docs(50))
+        assert sink.flush(10)
+        assert set(ids(r)) == set(range(50))
+        assert r.stats["connections"] >= 5  # one connection (and handshake) per batch
+
+
+def test_close_during_a_long_ack_wait_keeps_its_deadline(receiver, make_sink, tmp_path):
+    receiver.withhold_acks = True
+    sink = make_sink(receiver.address, ack_timeout=60, spill_dir=str(tmp_path / "s"))
+    sink.write(docs(20))
+    receiver.wait_for(20)  # sent; the sink now waits up to 60 s for the ack
+    closer = threading.Thread(target=sink.close, args=(0.2,))
+    closer.start()
+    closer.join(15)
+    assert not closer.is_alive()
+    stats = sink.stats()
+    assert stats["spilled"] == 20  # the unacked batch went to disk, not lost
+    assert stats["queue_bytes"] == 0
+
+
 def test_a_server_that_does_not_know_the_key_is_refused(make_sink):
     with ForwardReceiver(shared_key="k") as r:
         r.forge_pong_key = b"not-the-key"
