@@ -238,9 +238,10 @@ class ForwardReceiver:
             self._conn_threads.append(thread)
             thread.start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, raw: socket.socket) -> None:
+        conn = raw
         with self._cond:
-            self._conns.add(conn)
+            self._conns.add(raw)
         try:
             conn.settimeout(10.0)
             if self._ssl is not None:
@@ -256,10 +257,12 @@ class ForwardReceiver:
         finally:
             with self._cond:
                 self._conns.discard(conn)
-            try:
-                conn.close()
-            except OSError:
-                pass
+                self._conns.discard(raw)
+            for sock in (conn, raw):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
 
     def _read(self, conn: socket.socket) -> bytes:
         if self.read_delay:
