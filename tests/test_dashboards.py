@@ -43,6 +43,7 @@ KNOWN_LABELS = {
     _common.JOB_LABEL,
     _common.NAMESPACE_LABEL,
     _common.LOG_OUTCOME_LABEL,
+    schema.LABEL_REASON,
     "le",
     "__name__",
 }
