@@ -216,6 +216,8 @@ def run_one(name: str, n: int, receiver: Receiver) -> dict[str, Any]:
         def closer() -> None:
             h.close()
             sink.flush(60)
+    elif name == "rpcscope-sink":
+        pass
     elif name in ("fl-handler", "fl-async-handler"):
         module = handler if name == "fl-handler" else asynchandler
         h = module.FluentHandler("bench", port=receiver.port)
@@ -237,6 +239,8 @@ def run_one(name: str, n: int, receiver: Receiver) -> dict[str, Any]:
         def closer() -> None:
             s.close()
 
+    if name == "rpcscope-sink":
+        return run_sink_only(n, receiver, address)
     cpu0 = time.thread_time()
     start = time.monotonic()
     lat = timed_calls(n, call)
@@ -260,6 +264,38 @@ def run_one(name: str, n: int, receiver: Receiver) -> dict[str, Any]:
             "p50": percentile(lat, 0.50), "p99": percentile(lat, 0.99),
             "p999": percentile(lat, 0.999), "lost": n - got["unique"],
             "duplicates": got["events"] - got["unique"], **extra}
+
+
+def run_sink_only(n: int, receiver: Receiver, address: str) -> dict[str, Any]:
+    """The sink alone: ECS documents built before the clock starts, handed to
+    ``ForwardSink.write`` 1000 at a time (as the core's batcher will), timed to the last ack."""
+    from rpcscope.exporters._ecs import Identity, log_record_document
+    from rpcscope.exporters._forward import ForwardSink
+
+    identity = Identity("bench", None, None)
+    docs = []
+    for i in range(n):
+        record = logging.LogRecord("bench", logging.INFO, __file__, 1, "record %d", (i,), None)
+        record.rpcscope_ids = None
+        docs.append(log_record_document(record, identity))
+    sink = ForwardSink(address)
+    cpu0 = time.thread_time()
+    start = time.monotonic()
+    for i in range(0, n, 1000):
+        sink.write(docs[i:i + 1000])
+    caller_done = time.monotonic()
+    caller_cpu = time.thread_time() - cpu0
+    assert sink.flush(120)
+    acked = time.monotonic()
+    sender_cpu = thread_cpu(sink._thread)
+    _, got = receiver.wait_for(n, timeout=60)
+    stats = sink.stats()
+    sink.close(5)
+    nan = float("nan")
+    return {"name": "rpcscope-sink", "n": n, "rate": n / (acked - start),
+            "caller_s": caller_done - start, "caller_cpu_us": caller_cpu / n * 1e6,
+            "p50": nan, "p99": nan, "p999": nan, "lost": n - got["unique"],
+            "duplicates": got["events"] - got["unique"], "sender_cpu": sender_cpu, **stats}
 
 
 # -- profile ----------------------------------------------------------------------------------
@@ -294,7 +330,8 @@ def profile_stage(n: int) -> str:
 
 # -- report -------------------------------------------------------------------------------------
 
-SENDERS = ("rpcscope", "fl-sync", "fl-async", "fl-handler", "fl-async-handler")
+SENDERS = ("rpcscope", "rpcscope-sink", "fl-sync", "fl-async", "fl-handler",
+           "fl-async-handler")
 
 
 def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
@@ -308,13 +345,14 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     ratio = ours["rate"] / base["rate"]
     handler_ratio = ours["rate"] / med["fl-async-handler"]["rate"]
     lost_total = sum(r["lost"] for runs in results.values() for r in runs if
-                     r["name"] == "rpcscope")
+                     r["name"].startswith("rpcscope"))
     checks = [
         ("throughput ≥ 5x fluent-logger's async sender (acks on)", ratio >= 5,
          f"{ratio:.2f}x its direct `emit` (which skips `logging`); {handler_ratio:.2f}x its "
          "async `FluentHandler` (from a `logging` call, like ours)"),
         ("caller p99 < 20 µs", ours["p99"] < 20, f"{ours['p99']:.1f} µs"),
-        ("zero loss", lost_total == 0, f"{lost_total} lost over {len(results['rpcscope'])} runs"),
+        ("zero loss", lost_total == 0,
+         f"{lost_total} lost over {2 * len(results['rpcscope'])} rpcscope runs"),
     ]
     try:
         load = os.getloadavg()[0]
@@ -343,6 +381,9 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
         "(`log_record_document`) → `ForwardSink.write` (msgpack, EventTime) → its sender "
         "thread (PackedForward, ~1 MiB batches, chunk + ack). The handler stands in for the "
         "core's batcher, which will hand the sink the same documents once it is wired in.",
+        "- **rpcscope-sink:** the sink alone: the same ECS documents built before the clock "
+        "starts, handed to `ForwardSink.write` 1000 at a time (as the core's batcher will), "
+        "timed to the last ack; no per-call latency (a call is a batch).",
         "- **fluent-logger's path:** Message mode, one request per record, no ack: its "
         "throughput counts records the server *received*, ours records the server *acked*.",
         "",
@@ -361,10 +402,24 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     ]
     for name in SENDERS:
         r = med[name]
+
+        def us(v: float) -> str:
+            return "n/a" if v != v else f"{v:.1f}"  # NaN: no per-call latency
+
         lines.append(
-            f"| {name} | {r['rate']:,.0f} | {r['rate'] / base['rate']:.2f}x | {r['p50']:.1f} | "
-            f"{r['p99']:.1f} | {r['p999']:.1f} | {r['caller_cpu_us']:.1f} | "
+            f"| {name} | {r['rate']:,.0f} | {r['rate'] / base['rate']:.2f}x | {us(r['p50'])} | "
+            f"{us(r['p99'])} | {us(r['p999'])} | {r['caller_cpu_us']:.1f} | "
             f"{r['caller_s']:.2f} | {r['lost']} | {r['duplicates']} |")
+    sink_only = med["rpcscope-sink"]
+    lines += ["", f"The sink alone ships {sink_only['rate']:,.0f} acked records/s "
+              f"({sink_only['rate'] / base['rate']:.1f}x fluent-logger's direct async "
+              f"`emit`), at {sink_only['caller_cpu_us']:.1f} µs of `write()` CPU and "
+              f"{sink_only['sender_cpu'] / sink_only['n'] * 1e6:.1f} µs of sender-thread CPU "
+              "per record: end to end, the `logging` call and the ECS document cost more "
+              "than the sink (profile below). With one batch in flight (ack before the next), "
+              "the sink-only rate is bounded by the receiver's decoding, about 5 µs per "
+              "12-field record in `ForwardReceiver` (3.5 µs of it msgpack's own unpacking), "
+              "on a CPU shared with the rest of the machine's load."]
     lines += ["", "Every repeat (records/s): " + "; ".join(
         f"{name} " + ", ".join(f"{r['rate']:,.0f}" for r in results[name]) for name in SENDERS),
         ""]
