@@ -462,14 +462,18 @@ class ForwardSink(LogSink):
             self.servers = tuple(Server(s.host, s.port, s.unix_path, True) for s in self.servers)
         self._ssl = (tls_context(tls_ca, tls_cert, tls_key, tls_insecure)
                      if any(s.tls for s in self.servers) else None)
-        for name, number, low in (("max_buffer_bytes", max_buffer_bytes, 1 << 16),
-                                  ("spill_max_bytes", spill_max_bytes, 1 << 16),
-                                  ("batch_bytes", batch_bytes, 1 << 10),
-                                  ("batch_records", batch_records, 1),
-                                  ("split_after", split_after, 1)):
+        if max_record_bytes is None:
+            max_record_bytes = batch_bytes
+        for name, number, low, example in (
+                ("max_buffer_bytes", max_buffer_bytes, 1 << 16, "64 << 20"),
+                ("spill_max_bytes", spill_max_bytes, 1 << 16, "1 << 30"),
+                ("batch_bytes", batch_bytes, 1 << 10, "1 << 20"),
+                ("batch_records", batch_records, 1, "10_000"),
+                ("max_record_bytes", max_record_bytes, 1 << 12, "1 << 20"),
+                ("split_after", split_after, 1, "3")):
             if isinstance(number, bool) or not isinstance(number, int) or number < low:
                 raise _bad(name, f"must be an integer >= {low}, got {number!r}",
-                           f"{name}={max(low, 1 << 20) if low > 1 else 3}")
+                           f"{name}={example}")
         if batch_bytes > max_buffer_bytes:
             raise _bad("batch_bytes", "is larger than max_buffer_bytes",
                        "raise max_buffer_bytes or lower batch_bytes")
@@ -497,7 +501,7 @@ class ForwardSink(LogSink):
         self._spill_max = spill_max_bytes
         self._batch_bytes = batch_bytes
         self._batch_records = batch_records
-        self._max_record = max_record_bytes if max_record_bytes is not None else batch_bytes
+        self._max_record = max_record_bytes
         self._interval = float(flush_interval)
         self._connect_timeout = float(connect_timeout)
         self._write_timeout = float(write_timeout)
@@ -545,7 +549,6 @@ class ForwardSink(LogSink):
         self._last_ack = time.time()
         self._last_error: str | None = None
         self._errors_reported: dict[str, float] = {}
-        self._dead_lettered_since_ack = False
         self._acks_total = 0
         self._counts: dict[str, int] = dict.fromkeys(schema.FORWARD_OUTCOMES, 0)
         self._dropped: dict[str, int] = dict.fromkeys(schema.FORWARD_DROP_REASONS, 0)

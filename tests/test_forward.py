@@ -511,6 +511,16 @@ def test_huge_or_invalid_tags_are_config_errors(tag):
         ForwardSink("127.0.0.1:24224", access_tag=tag)
 
 
+@pytest.mark.parametrize(("option", "value"), [
+    ("max_buffer_bytes", 10), ("batch_records", 0), ("batch_bytes", True),
+    ("max_record_bytes", 100), ("ack_timeout", 0), ("flush_interval", "1s"),
+    ("shared_key", ""), ("username", "u"),
+])
+def test_invalid_options_name_the_parameter_and_the_fix(option, value):
+    with pytest.raises(ConfigError, match=rf"'{option}'.*fix:"):
+        ForwardSink("127.0.0.1:24224", **{option: value})
+
+
 @pytest.mark.parametrize(("servers", "message"), [
     ("host:0", "not 1-65535"), ("host:http", "not 1-65535"), ("::1:24224", "brackets"),
     ("[::1", "brackets"), ("unix://relative", "absolute path"), ("", "no server"),
