@@ -201,6 +201,12 @@ def test_withheld_ack_resends_the_same_chunk(receiver, make_sink):
     assert sink.flush(10)
     chunks = Counter(e.chunk for e in receiver.events)
     assert len(chunks) == 1  # every resend carried the first chunk id
+    # ... and the very same records and times: a content-derived document id (Fluentd's
+    # elasticsearch_genid) gives a resent record the same id, so Elasticsearch keeps one.
+    copies: dict[int, set[str]] = {}
+    for e in receiver.events:
+        copies.setdefault(e.record["id"], set()).add(repr((e.time_ns, e.record)))
+    assert all(len(v) == 1 for v in copies.values())
     assert receiver.stats["duplicate_chunks"] >= 1
     assert sink.stats()["retried"] >= 10
     assert sink.stats()["acked"] == 10
