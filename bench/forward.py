@@ -491,15 +491,15 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
+def write_docs(section: str, doc: Path = DOC) -> None:
+    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         tail = rest.split(END, 1)[1].lstrip("\n")
         text = head + section + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text, encoding="utf-8")
+    doc.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -510,6 +510,8 @@ def main() -> None:
     parser.add_argument("--senders", default=",".join(SENDERS))
     parser.add_argument("--write-docs", action="store_true",
                         help=f"replace this bench's section in {DOC.relative_to(ROOT)}")
+    parser.add_argument("--out", type=Path, default=DOC,
+                        help="the Markdown file whose section --write-docs replaces")
     parser.add_argument("--no-pin", action="store_true",
                         help="let the scheduler place the senders and the receiver")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -549,7 +551,7 @@ def main() -> None:
     section = report(results, args, profile, time.monotonic() - wall)
     print(section)
     if args.write_docs:
-        write_docs(section)
+        write_docs(section, args.out)
 
 
 if __name__ == "__main__":
