@@ -64,6 +64,8 @@ _MAX_DEPTH: Final = 32
 #: with one precompiled struct is cheaper per record, and the record itself still goes
 #: through msgpack's C packer.
 _ENTRY_HEAD: Final = struct.Struct(">BBbII")
+#: How often the spill directory is searched for segments of dead processes or closed sinks.
+_RESCAN_SECONDS: Final = 10.0
 #: Strings at most this long are never truncated: the budget goes to the large fields.
 _SHORT_FIELD: Final = 1024
 
@@ -612,6 +614,7 @@ class ForwardSink(LogSink):
                 opened = open_batches.get(tag)
                 if opened is None:
                     opened = open_batches[tag] = _Open(seq)
+                    self._cond.notify_all()  # an idle sender starts the flush-interval clock
                 opened.parts += (head, body)
                 opened.sizes.append(size)
                 opened.size += size
@@ -776,8 +779,8 @@ class ForwardSink(LogSink):
 
     def _next_batch(self) -> _Batch | None:
         """The oldest batch to send: the memory queue first, then spilled segments."""
-        self._adopt_orphans()
         while True:
+            self._adopt_orphans()
             with self._cond:
                 if self._closing:
                     self._seal_all()
@@ -793,7 +796,9 @@ class ForwardSink(LogSink):
                 if path is None:
                     if self._closing and not self._open:
                         return None
-                    wait = self._interval
+                    # Idle: sleep until a write opens a batch (it notifies), or the next
+                    # look for orphaned spill segments.
+                    wait = _RESCAN_SECONDS if self._spill_dir is not None else 3600.0
                     if self._open:
                         oldest = min(o.opened for o in self._open.values())
                         wait = max(0.001, self._interval - (time.monotonic() - oldest))
@@ -837,7 +842,7 @@ class ForwardSink(LogSink):
         with our pid first, so two processes never replay the same segment."""
         directory = self._spill_dir
         now = time.monotonic()
-        if directory is None or now - self._scanned < 10.0:
+        if directory is None or now - self._scanned < _RESCAN_SECONDS:
             return
         self._scanned = now
         try:
