@@ -754,16 +754,18 @@ class ForwardSink(LogSink):
     # -- the sender thread -----------------------------------------------------------------
 
     def _start_thread(self) -> None:
+        # Started under the lock: a concurrent caller must never see a thread that exists
+        # but is not alive yet and start a second sender on the same socket and batch.
         with self._lock:
             if (self._thread is not None and self._thread.is_alive()) or self._closing:
                 return
             thread = threading.Thread(target=self._run, name="rpcscope-forward", daemon=True)
-            self._thread = thread
-        try:
-            thread.start()
-        except RuntimeError:  # interpreter shutdown: close() delivers inline instead
-            with self._lock:
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutdown: close() delivers inline instead
                 self._thread = None
+                return
+            self._thread = thread
 
     def _run(self) -> None:
         try:

@@ -290,7 +290,7 @@ def test_concurrent_writers(receiver, make_sink):
         t.join(30)
     assert sink.flush(20)
     assert set(ids(receiver)) == set(range(20_000))
-    assert sink.stats()["acked"] == 20_000
+    assert sink.stats()["acked"] == 20_000, sink.stats()
 
 
 def test_outage_spills_within_the_memory_bound_then_replays(receiver, make_sink, tmp_path):
