@@ -715,6 +715,7 @@ class ForwardSink(LogSink):
             batch = self._queue.pop()
             self._mem_bytes -= len(batch.entries)
             taken.append(batch)
+        taken.reverse()  # written (and so replayed) in the order the records came
         return taken
 
     def _spill(self, batches: list[_Batch]) -> None:

@@ -312,6 +312,26 @@ def test_outage_spills_within_the_memory_bound_then_replays(receiver, make_sink,
     assert not list((tmp_path / "spill").glob("*.fwd"))  # acked segments are deleted
 
 
+def test_spill_is_capped_and_segments_replay_in_record_order(receiver, make_sink, tmp_path):
+    receiver.stop()
+    cap = 1 << 16
+    sink = make_sink(receiver.address, max_buffer_bytes=1 << 16, batch_bytes=4 << 10,
+                     spill_max_bytes=cap, spill_dir=str(tmp_path / "spill"))
+    for i in range(0, 3000, 100):
+        sink.write(docs(100, start=i, pad="c" * 200))
+    stats = sink.stats()
+    assert stats["dropped_spill_full"] > 0
+    assert stats["spill_bytes"] <= cap
+    spilled_ids = stats["spilled"]
+    receiver.start()
+    assert sink.flush(20), sink.stats()
+    # Every record arrived or was counted dropped (the spill was full): none vanished.
+    assert len(set(ids(receiver))) + sink.stats()["dropped"] == 3000
+    # Segments replay oldest first: the spilled records arrive in the order written.
+    replayed = [e.record["id"] for e in receiver.events][-spilled_ids:]
+    assert replayed == sorted(replayed)
+
+
 def test_without_spill_overflow_drops_newest_and_counts(receiver, make_sink):
     receiver.stop()
     sink = make_sink(receiver.address, max_buffer_bytes=64 << 10, batch_bytes=8 << 10)
