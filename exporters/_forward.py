@@ -1065,6 +1065,12 @@ class ForwardSink(LogSink):
                 assert self._ssl is not None
                 try:
                     sock = self._ssl.wrap_socket(sock, server_hostname=server.host)
+                except ssl.SSLCertVerificationError as e:
+                    sock.close()
+                    raise ConnectionError(
+                        f"TLS certificate check of {server} failed ({e}); fix: set the CA that "
+                        "signed the server's certificate (RPCSCOPE_FLUENTD_TLS_CA) and use the "
+                        "host name the certificate was issued for") from None
                 except BaseException:
                     sock.close()
                     raise

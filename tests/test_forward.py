@@ -507,6 +507,7 @@ def test_tls_refuses_a_wrong_ca_or_host(pki, make_sink, cert, ca, message):
         sink.write(docs(1))
         assert not sink.flush(1.0)
         assert message in (sink.last_error or "")
+        assert "fix: set the CA" in (sink.last_error or "")
         assert r.events == []
         # Insecure mode connects anyway, but only when asked for by name.
         insecure = make_sink(r.address, tls_insecure=True)
