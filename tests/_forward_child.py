@@ -39,6 +39,18 @@ def main() -> None:
         _, status = os.waitpid(pid, 0)
         sink.close(10)
         print(json.dumps({"child_status": status, **sink.stats()}), flush=True)
+    elif scenario == "prefork":
+        # gunicorn --preload style: built in the parent, which never writes; workers do.
+        sink = ForwardSink(address, **fast)
+        children = []
+        for worker in range(3):
+            pid = os.fork()
+            if pid == 0:
+                sink.write(docs(100, worker * 1000))
+                sys.exit(0)
+            children.append(pid)
+        statuses = [os.waitpid(pid, 0)[1] for pid in children]
+        print(json.dumps({"statuses": statuses}), flush=True)
     elif scenario == "exit":
         sink = ForwardSink(address, **fast)
         sink.write(docs(1000, 0))

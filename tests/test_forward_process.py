@@ -74,3 +74,14 @@ def test_records_emitted_just_before_exit_arrive():
         assert result.returncode == 0, result.stderr
         events = receiver.wait_for(1000, timeout=20)
         assert {e.record["id"] for e in events} == set(range(1000))
+
+
+def test_prefork_workers_each_ship_their_own_records():
+    with ForwardReceiver() as receiver:
+        result = run_child("prefork", receiver.address)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["statuses"] == [0, 0, 0]
+        events = receiver.wait_for(300, timeout=20)
+        counts = Counter(e.record["id"] for e in events)
+        assert set(counts) == {w * 1000 + i for w in range(3) for i in range(100)}
+        assert max(counts.values()) == 1
