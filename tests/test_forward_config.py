@@ -75,6 +75,13 @@ def test_secrets_from_files(tmp_path: Path) -> None:
     assert "FILE" in cfg.sources["fluentd_shared_key"]
 
 
+def test_secrets_stay_out_of_repr() -> None:
+    cfg = load({"RPCSCOPE_FLUENTD": "f:24224", "RPCSCOPE_FLUENTD_SHARED_KEY": "s3cret-key",
+                "RPCSCOPE_FLUENTD_USERNAME": "u", "RPCSCOPE_FLUENTD_PASSWORD": "pa55word"})
+    assert "s3cret-key" not in repr(cfg)
+    assert "pa55word" not in repr(cfg)
+
+
 def test_secret_file_errors(tmp_path: Path) -> None:
     base = {"RPCSCOPE_FLUENTD": "f:24224"}
     msg = error({**base, "RPCSCOPE_FLUENTD_SHARED_KEY_FILE": str(tmp_path / "missing")})

@@ -88,9 +88,10 @@ class Config:
     #: Fluentd Forward shipper: ``host:port``, ``tls://host:port``, ``[v6]:port``,
     #: ``unix:///path``, or a comma-separated failover list; None → off.
     fluentd: str | None = None
-    fluentd_shared_key: str | None = None
+    #: Secrets: kept out of ``repr(config)`` (and so out of logs and error reports).
+    fluentd_shared_key: str | None = field(default=None, repr=False)
     fluentd_username: str | None = None
-    fluentd_password: str | None = None
+    fluentd_password: str | None = field(default=None, repr=False)
     fluentd_tls_ca: str | None = None
     fluentd_tls_cert: str | None = None
     fluentd_tls_key: str | None = None
