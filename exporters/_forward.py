@@ -1191,10 +1191,13 @@ class ForwardSink(LogSink):
                                "dead_lettered_at": time.time(), "record": record},
                               default=repr, ensure_ascii=True)
             if path is not None:
-                with open(path, "a", encoding="utf-8") as f:
-                    f.write(line + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                # Records may hold personal data: owner-only, like the spill segments.
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, (line + "\n").encode("utf-8"))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             else:
                 sys.stderr.write(f"rpcscope: dead-lettered Fluentd record: {line:.2000}\n")
         except Exception as e:

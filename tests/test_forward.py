@@ -357,6 +357,7 @@ def test_refused_batch_is_split_and_the_poison_record_dead_lettered(receiver, ma
     assert sink.flush(20), sink.stats()
     assert set(ids(receiver)) == set(range(72)) - {37}
     assert sink.stats()["dead_lettered"] == 1
+    assert dead.stat().st_mode & 0o077 == 0  # owner-only: records may hold personal data
     [line] = dead.read_text().splitlines()
     entry = json.loads(line)
     assert entry["record"]["id"] == 37
