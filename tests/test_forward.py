@@ -302,7 +302,9 @@ def test_outage_spills_within_the_memory_bound_then_replays(receiver, make_sink,
         assert sink.write(docs(500, start=start, pad="z" * 100)) == 500
         assert sink.stats()["queue_bytes"] <= bound
     assert sink.stats()["spilled"] > 0
-    assert list((tmp_path / "spill").glob("*.fwd"))
+    segments = list((tmp_path / "spill").glob("*.fwd"))
+    assert segments
+    assert all(p.stat().st_mode & 0o077 == 0 for p in segments)  # owner-only
     receiver.start()
     assert sink.flush(30), sink.stats()
     assert set(ids(receiver)) == set(range(10_000))
