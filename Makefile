@@ -8,7 +8,7 @@ DEMO_ARGS ?= --duration 20
 BENCH_ARGS ?=
 
 
-.PHONY: demo test lint typecheck unit bench bench-instructions os-deps venv generate check-generated clean
+.PHONY: demo test lint typecheck unit bench bench-forward bench-instructions os-deps venv generate check-generated clean
 
 # The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool, and
 # Ruby (the Fluentd config's record_transformer expressions are evaluated on sample records).
@@ -65,6 +65,11 @@ test: os-deps venv lint check-generated unit
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Fluentd shipping: ForwardSink vs fluent-logger into one receiver; replaces its own section of
+# docs/benchmarks.md.
+bench-forward: venv
+	$(PY) bench/forward.py --write-docs $(BENCH_ARGS)
 
 # Instruction counts under valgrind's callgrind (they repeat to a few percent; see
 # bench/instructions.py).

@@ -324,6 +324,87 @@ def _self_telemetry(builder: dashboard.Dashboard) -> dashboard.Dashboard:
                 )
             )
         )
+        .with_panel(
+            c.timeseries_panel(
+                "Fluentd shipper: records by outcome",
+                "Records the Forward shipper accepted, had acked by Fluentd, resent, spilled "
+                "to disk, replayed from disk, dead-lettered, repaired or truncated. Retries "
+                "and spills mean Fluentd is slow or away; dead letters mean it refuses records.",
+                "short",
+            ).with_target(
+                c.prom(
+                    c.sum_by((c.JOB_LABEL, c.LOG_OUTCOME_LABEL),
+                             c.rate(schema.FORWARD_RECORDS, TARGET)),
+                    f"{{{{{c.LOG_OUTCOME_LABEL}}}}} {{{{{c.JOB_LABEL}}}}}",
+                )
+            )
+        )
+        .with_panel(
+            c.timeseries_panel(
+                "Fluentd shipper: dropped records",
+                "Records the shipper gave up on, by reason (memory and spill full, spill "
+                "errors, closed, close deadline, unencodable). Anything above zero is lost.",
+                "short",
+            ).with_target(
+                c.prom(
+                    c.sum_by((c.JOB_LABEL, schema.LABEL_REASON),
+                             c.rate(schema.FORWARD_DROPPED, TARGET)),
+                    f"{{{{{schema.LABEL_REASON}}}}} {{{{{c.JOB_LABEL}}}}}",
+                )
+            )
+        )
+        .with_panel(
+            c.timeseries_panel(
+                "Fluentd shipper: backlog",
+                "Bytes waiting for an ack in memory and on disk (spill). A growing backlog "
+                "means Fluentd takes less than the service produces.",
+                "bytes",
+            )
+            .with_target(
+                c.prom(
+                    c.sum_by((c.JOB_LABEL,), c.series(schema.FORWARD_QUEUE_BYTES, TARGET)),
+                    f"memory {{{{{c.JOB_LABEL}}}}}",
+                    "A",
+                )
+            )
+            .with_target(
+                c.prom(
+                    c.sum_by((c.JOB_LABEL,), c.series(schema.FORWARD_SPILL_BYTES, TARGET)),
+                    f"disk {{{{{c.JOB_LABEL}}}}}",
+                    "B",
+                )
+            )
+        )
+        .with_panel(
+            c.timeseries_panel(
+                "Fluentd shipper: connection",
+                "Seconds since Fluentd last acked a batch (worst process), bytes sent per "
+                "second and reconnects per second.",
+                "short",
+            )
+            .with_target(
+                c.prom(
+                    f"max by ({c.JOB_LABEL}) "
+                    f"({c.series(schema.FORWARD_SECONDS_SINCE_ACK, TARGET)})",
+                    f"seconds since ack {{{{{c.JOB_LABEL}}}}}",
+                    "A",
+                )
+            )
+            .with_target(
+                c.prom(
+                    c.sum_by((c.JOB_LABEL,), c.rate(schema.FORWARD_SENT_BYTES, TARGET)),
+                    f"bytes/s {{{{{c.JOB_LABEL}}}}}",
+                    "B",
+                )
+            )
+            .with_target(
+                c.prom(
+                    c.sum_by((c.JOB_LABEL,), c.rate(schema.FORWARD_RECONNECTS, TARGET)),
+                    f"reconnects/s {{{{{c.JOB_LABEL}}}}}",
+                    "C",
+                )
+            )
+        )
     )
 
 

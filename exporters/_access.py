@@ -121,6 +121,8 @@ class LogWriter:
         self._count_lock = threading.Lock()
         self.delivered = 0
         self.dropped = 0
+        #: Of ``dropped``: documents the sink's write() was handed and did not take.
+        self._refused = 0
 
     def _wanted(self, item: Any) -> bool:
         if type(item) is CallRecord or isinstance(item, CallRecord):
@@ -128,10 +130,22 @@ class LogWriter:
         return isinstance(item, logging.LogRecord)
 
     def stats(self) -> dict[str, int]:
-        """Records offered to this sink so far: ``emitted`` = ``delivered`` + ``dropped``."""
+        """Records offered to this sink so far (``emitted``), those it delivered and those
+        dropped. A sink that acknowledges on its own (the Forward shipper) says what was
+        delivered: acknowledged by the server; what it still holds is neither."""
         with self._count_lock:
-            delivered, dropped = self.delivered, self.dropped
-        return {"emitted": delivered + dropped, "delivered": delivered, "dropped": dropped}
+            taken, dropped, refused = self.delivered, self.dropped, self._refused
+        emitted = taken + dropped
+        delivered = taken
+        sink_stats = getattr(self.sink, "stats", None)
+        if callable(sink_stats):
+            counts = sink_stats()
+            if "acked" in counts:
+                # The sink's own drops include those it refused in write(): count them once.
+                delivered = counts["acked"]
+                dropped += (counts.get("dropped", 0) + counts.get("dead_lettered", 0)
+                            - refused)
+        return {"emitted": emitted, "delivered": delivered, "dropped": dropped}
 
     # -- Consumer ---------------------------------------------------------------------------
 
@@ -166,8 +180,14 @@ class LogWriter:
                 written = (sink.write_lines(documents) if isinstance(sink, LineSink)
                            else sink.write(documents))
             except Exception:
+                failed += len(documents)
+                documents = []
                 _LOG.debug("rpcscope: log sink failed", exc_info=True)
-        self._add(written, len(documents) - written + failed)
+        refused = len(documents) - written
+        if refused:
+            with self._count_lock:
+                self._refused += refused
+        self._add(written, refused + failed)
 
     def lost(self, batch: Sequence[Any]) -> None:
         self._add(0, sum(1 for item in batch if self._wanted(item)))

@@ -45,14 +45,17 @@ class LogSink:
 
     Subclass and override :meth:`write` to send documents elsewhere; return how many it took
     (the rest count as dropped). :meth:`flush` waits for what it took to leave the process,
-    :meth:`close` delivers what is left and releases resources; both within ``timeout``.
+    :meth:`close` delivers what is left and releases resources; both within ``timeout``. The
+    Forward shipper (``rpcscope.exporters.ForwardSink``) is one.
     """
 
     def write(self, documents: Sequence[dict[str, Any]]) -> int:
         raise NotImplementedError
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Nothing buffered by default."""
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Whether everything taken so far left the process within ``timeout`` (nothing is
+        buffered by default)."""
+        return True
 
     def close(self, timeout: float = 5.0) -> None:
         """Release resources; the default has none."""

@@ -58,6 +58,7 @@ KNOWN_LABELS = {
     _common.JOB_LABEL,
     _common.NAMESPACE_LABEL,
     _common.LOG_OUTCOME_LABEL,
+    schema.LABEL_REASON,
     "le",
     "__name__",
     # target and stack-component labels (Prometheus, fluent-plugin-prometheus, the exporter)

@@ -10,6 +10,7 @@ A small public surface on purpose; everything else lives in private modules::
 from rpcscope._config import Config, ConfigError
 from rpcscope._scope import Scope
 from rpcscope.exporters._ecs import EcsFormatter
+from rpcscope.exporters._forward import ForwardSink
 from rpcscope.exporters._http import MetricsServer, make_metrics_asgi_app, make_metrics_wsgi_app
 from rpcscope.exporters._logs import FileSink, LineSink, LogSink, StreamSink
 
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigError",
     "EcsFormatter",
     "FileSink",
+    "ForwardSink",
     "LineSink",
     "LogSink",
     "MetricsServer",

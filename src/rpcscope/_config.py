@@ -93,6 +93,22 @@ class Config:
     #: OpenTelemetry ``TracerProvider`` for spans; None → the global provider (spans only when
     #: an SDK provider is configured; otherwise W3C trace ids without spans).
     tracer_provider: Any = None
+    #: Fluentd Forward shipper: ``host:port``, ``tls://host:port``, ``[v6]:port``,
+    #: ``unix:///path``, or a comma-separated failover list; None → off.
+    fluentd: str | None = None
+    #: Secrets: kept out of ``repr(config)`` (and so out of logs and error reports).
+    fluentd_shared_key: str | None = field(default=None, repr=False)
+    fluentd_username: str | None = None
+    fluentd_password: str | None = field(default=None, repr=False)
+    fluentd_tls_ca: str | None = None
+    fluentd_tls_cert: str | None = None
+    fluentd_tls_key: str | None = None
+    #: Skip certificate and hostname checks (explicit opt-in, for tests only).
+    fluentd_tls_insecure: bool = False
+    #: Where records go when Fluentd is unreachable and memory is full; replayed on restart.
+    fluentd_spill_dir: str | None = None
+    fluentd_access_tag: str = "rpcscope.access"
+    fluentd_app_tag: str = "rpcscope.app"
     #: Where this configuration came from, for error messages. Not an option.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -114,6 +130,7 @@ class Config:
             if var in env and env[var] != "":
                 merged[key] = _from_env(key, var, env[var])
                 sources[key] = f"environment variable {var}"
+        _load_forward_env(env, merged, sources)
         if "service" not in merged and env.get("OTEL_SERVICE_NAME"):
             merged["service"] = env["OTEL_SERVICE_NAME"]
             sources["service"] = "environment variable OTEL_SERVICE_NAME"
@@ -280,6 +297,7 @@ def _validate(cfg: Config) -> Config:
                    f"{type(provider).__name__}",
                    "tracer_provider=opentelemetry.sdk.trace.TracerProvider()")
 
+    cfg = _validate_forward(cfg, fail)
     return replace(
         cfg,
         service=cfg.service.strip(),
@@ -288,3 +306,129 @@ def _validate(cfg: Config) -> Config:
         log_metadata=tuple(k.lower() for k in cfg.log_metadata),
         access_log=access_log,
     )
+
+
+# --- Fluentd Forward shipper options (rpcscope.exporters._forward) ---------------------------
+
+ENV_FLUENTD: Final = "RPCSCOPE_FLUENTD"
+ENV_FLUENTD_SHARED_KEY: Final = "RPCSCOPE_FLUENTD_SHARED_KEY"
+ENV_FLUENTD_USERNAME: Final = "RPCSCOPE_FLUENTD_USERNAME"
+ENV_FLUENTD_PASSWORD: Final = "RPCSCOPE_FLUENTD_PASSWORD"  # noqa: S105 - a variable name
+ENV_FLUENTD_TLS_CA: Final = "RPCSCOPE_FLUENTD_TLS_CA"
+ENV_FLUENTD_TLS_CERT: Final = "RPCSCOPE_FLUENTD_TLS_CERT"
+ENV_FLUENTD_TLS_KEY: Final = "RPCSCOPE_FLUENTD_TLS_KEY"
+ENV_FLUENTD_TLS_INSECURE: Final = "RPCSCOPE_FLUENTD_TLS_INSECURE"
+ENV_FLUENTD_SPILL_DIR: Final = "RPCSCOPE_FLUENTD_SPILL_DIR"
+ENV_FLUENTD_ACCESS_TAG: Final = "RPCSCOPE_FLUENTD_ACCESS_TAG"
+ENV_FLUENTD_APP_TAG: Final = "RPCSCOPE_FLUENTD_APP_TAG"
+#: Secrets may instead be read from a file (a mounted Kubernetes Secret): ``<VAR>_FILE``.
+_FORWARD_SECRET_KEYS: Final = ("fluentd_shared_key", "fluentd_username", "fluentd_password")
+
+_FORWARD_ENV: Final[dict[str, str]] = {
+    "fluentd": ENV_FLUENTD,
+    "fluentd_shared_key": ENV_FLUENTD_SHARED_KEY,
+    "fluentd_username": ENV_FLUENTD_USERNAME,
+    "fluentd_password": ENV_FLUENTD_PASSWORD,
+    "fluentd_tls_ca": ENV_FLUENTD_TLS_CA,
+    "fluentd_tls_cert": ENV_FLUENTD_TLS_CERT,
+    "fluentd_tls_key": ENV_FLUENTD_TLS_KEY,
+    "fluentd_tls_insecure": ENV_FLUENTD_TLS_INSECURE,
+    "fluentd_spill_dir": ENV_FLUENTD_SPILL_DIR,
+    "fluentd_access_tag": ENV_FLUENTD_ACCESS_TAG,
+    "fluentd_app_tag": ENV_FLUENTD_APP_TAG,
+}
+
+
+def _load_forward_env(env: Mapping[str, str], merged: dict[str, Any],
+                      sources: dict[str, str]) -> None:
+    """``RPCSCOPE_FLUENTD*`` variables (and ``*_FILE`` for secrets) over the YAML file."""
+    for key, var in _FORWARD_ENV.items():
+        file_var = f"{var}_FILE"
+        raw = env.get(var, "")
+        from_file = key in _FORWARD_SECRET_KEYS and env.get(file_var, "") != ""
+        if raw != "" and from_file:
+            raise ConfigError(f"{var} and {file_var} are both set; fix: keep one of them")
+        if from_file:
+            path = env[file_var]
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = f.read().strip("\r\n")
+            except OSError as e:
+                raise ConfigError(f"{file_var}={path!r} cannot be read: {e.strerror}; fix: "
+                                  f"point it at the mounted secret file") from None
+            if not value:
+                raise ConfigError(f"{file_var}={path!r} is an empty file; fix: put the "
+                                  f"secret in it or unset {file_var}")
+            merged[key] = value
+            sources[key] = f"environment variable {file_var}"
+        elif raw != "":
+            value = raw.strip()
+            if key == "fluentd_tls_insecure":
+                if value.lower() not in _BOOL_TRUE | _BOOL_FALSE:
+                    raise ConfigError(f"{var}={raw!r} is not a boolean; fix: set {var} to "
+                                      f"true or false")
+                merged[key] = value.lower() in _BOOL_TRUE
+            else:
+                merged[key] = raw if key in _FORWARD_SECRET_KEYS else value
+            sources[key] = f"environment variable {var}"
+
+
+def _validate_forward(cfg: Config, fail: Callable[[str, str, str], ConfigError]) -> Config:
+    """The shipper's options: checked here, at construction, by the sink's own parsers."""
+    from rpcscope.exporters import _forward
+
+    if not isinstance(cfg.fluentd_tls_insecure, bool):
+        raise fail("fluentd_tls_insecure", f"must be true or false, got "
+                   f"{cfg.fluentd_tls_insecure!r}", "fluentd_tls_insecure: false")
+    strings = [k for k in _FORWARD_ENV if k not in ("fluentd", "fluentd_tls_insecure")]
+    for key in strings:
+        value = getattr(cfg, key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise fail(key, f"must be a non-empty string, got {value!r}",
+                       f"set {key} to a string, or leave it unset")
+    if cfg.fluentd is None:
+        set_keys = [k for k in strings if k in cfg.sources]
+        if cfg.fluentd_tls_insecure:
+            set_keys.append("fluentd_tls_insecure")
+        if set_keys:
+            raise fail(set_keys[0], "is set but 'fluentd' (the server address) is not",
+                       f"set fluentd (e.g. {ENV_FLUENTD}=fluentd:24224) or unset {set_keys[0]}")
+        return cfg
+    try:
+        if not isinstance(cfg.fluentd, str):
+            raise ConfigError(f"must be a string, got {type(cfg.fluentd).__name__}")
+        servers = _forward.parse_servers(cfg.fluentd, "fluentd")
+        _forward.check_tag(cfg.fluentd_access_tag, "fluentd_access_tag")
+        _forward.check_tag(cfg.fluentd_app_tag, "fluentd_app_tag")
+        if cfg.fluentd_username is not None and cfg.fluentd_shared_key is None:
+            raise fail("fluentd_username", "user authentication runs inside the shared-key "
+                       "handshake", f"set fluentd_shared_key ({ENV_FLUENTD_SHARED_KEY}) too")
+        if (cfg.fluentd_username is None) != (cfg.fluentd_password is None):
+            missing = "fluentd_password" if cfg.fluentd_password is None else "fluentd_username"
+            raise fail(missing, "username and password go together", f"set {missing} too")
+        tls = (any(s.tls for s in servers) or cfg.fluentd_tls_insecure
+               or cfg.fluentd_tls_ca is not None or cfg.fluentd_tls_cert is not None)
+        if cfg.fluentd_tls_key is not None and cfg.fluentd_tls_cert is None:
+            raise fail("fluentd_tls_key", "a client key without a client certificate",
+                       f"set fluentd_tls_cert ({ENV_FLUENTD_TLS_CERT}) too")
+        if tls:
+            if any(s.unix_path is not None for s in servers):
+                raise fail("fluentd", "TLS over a unix socket is not supported",
+                           "use tls://host:port, or drop the TLS options")
+            _forward.tls_context(cfg.fluentd_tls_ca, cfg.fluentd_tls_cert,
+                                 cfg.fluentd_tls_key, cfg.fluentd_tls_insecure)
+        if cfg.fluentd_spill_dir is not None:
+            parent = os.path.dirname(os.path.abspath(cfg.fluentd_spill_dir))
+            if not os.path.isdir(parent):
+                raise fail("fluentd_spill_dir", f"parent directory {parent!r} does not exist",
+                           "create it (a persistent volume), or unset fluentd_spill_dir")
+    except ConfigError as e:
+        text = str(e)
+        if text.startswith("invalid option"):
+            raise
+        # The sink's parsers name their own parameter; say where the value came from too.
+        key = text.split("'")[1] if text.startswith("invalid Fluentd option '") else "fluentd"
+        key = key if key.startswith("fluentd") else f"fluentd_{key}"
+        raise ConfigError(f"{text} (option {key!r} from {cfg.sources.get(key, 'default')})"
+                          ) from None
+    return replace(cfg, fluentd=cfg.fluentd.strip())

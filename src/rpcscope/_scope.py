@@ -113,6 +113,14 @@ class Scope:
                                    self._errors.record)
                 batcher.add_consumer(writer)
                 self._writers.append(writer)
+                if own is not None and callable(getattr(sink, "collect", None)):
+                    # A sink with metrics of its own (the Forward shipper's) serves them on
+                    # the same /metrics.
+                    try:
+                        self.registry.register(sink)  # type: ignore[arg-type]
+                        self._registered.append(sink)
+                    except ValueError:
+                        self._errors.record("register:sink")
         tracing = Tracing(cfg.tracer_provider) if cfg.trace and on else None
         if tracing is not None:
             batcher.add_fold(tracing.look)
@@ -249,13 +257,25 @@ def _unregister(registry: CollectorRegistry, collectors: list[Any]) -> None:
 
 
 def _make_sinks(cfg: Config) -> list[LogSink]:
+    """The sinks the options name: ``access_log``'s, and the Forward shipper when ``fluentd``
+    is set. With ``fluentd`` set and ``access_log`` left at its default, records are shipped
+    only (not printed too): a service that ships directly is usually one no node agent tails.
+    Set both to get both (the same record by both paths is one Elasticsearch document)."""
+    sinks: list[LogSink] = []
     access_log = cfg.access_log
+    shipping = cfg.fluentd is not None
     if isinstance(access_log, LogSink):
-        return [access_log]
-    if access_log == "off":
-        return []
-    if access_log == "stdout":
-        return [StreamSink()]
-    if isinstance(access_log, str):
-        return [FileSink(access_log)]
-    return [access_log]  # a duck-typed sink with .write()
+        sinks.append(access_log)
+    elif access_log == "off" or (shipping and "access_log" not in cfg.sources):
+        pass
+    elif access_log == "stdout":
+        sinks.append(StreamSink())
+    elif isinstance(access_log, str):
+        sinks.append(FileSink(access_log))
+    else:
+        sinks.append(access_log)  # a duck-typed sink with .write()
+    if shipping:
+        from rpcscope.exporters._forward import ForwardSink, forward_options
+
+        sinks.append(ForwardSink(**forward_options(cfg)))
+    return sinks

@@ -188,3 +188,36 @@ ACCESS_LOG_FIELDS: Final = (
 )
 #: Metadata keys never logged even when allowlisted: credentials by name, and binary values.
 ALWAYS_REDACTED_METADATA: Final = ("authorization", "cookie", "set-cookie", "proxy-authorization")
+
+# --- Fluentd Forward shipper (rpcscope.exporters._forward.ForwardSink) ------------------------
+
+#: Records by fate: ``accepted`` (buffered or spilled by the sink), ``acked`` (the server
+#: confirmed them), ``retried`` (resent after a timeout, reconnect or refusal), ``spilled``
+#: (written to a disk segment), ``replayed`` (acked from a segment, also after a restart),
+#: ``dead_lettered`` (refused alone, written to the dead-letter file), ``repaired`` (a field
+#: that could not be encoded was replaced or dropped), ``truncated`` (cut to the size limit).
+FORWARD_RECORDS: Final = "rpcscope_forward_records_total"
+FORWARD_OUTCOMES: Final = ("accepted", "acked", "retried", "spilled", "replayed",
+                           "dead_lettered", "repaired", "truncated")
+#: Records lost on purpose, by reason; never silently.
+FORWARD_DROPPED: Final = "rpcscope_forward_dropped_records_total"
+LABEL_REASON: Final = "reason"
+FORWARD_DROP_REASONS: Final = ("buffer_full", "spill_full", "spill_error", "closed",
+                               "close_timeout", "unencodable")
+FORWARD_SENT_BYTES: Final = "rpcscope_forward_sent_bytes_total"
+FORWARD_RECONNECTS: Final = "rpcscope_forward_reconnects_total"
+FORWARD_QUEUE_BYTES: Final = "rpcscope_forward_queue_bytes"
+FORWARD_SPILL_BYTES: Final = "rpcscope_forward_spill_bytes"
+FORWARD_SECONDS_SINCE_ACK: Final = "rpcscope_forward_seconds_since_last_ack"
+
+HELP.update({
+    FORWARD_RECORDS: "Log records shipped to Fluentd over the Forward protocol, by outcome.",
+    FORWARD_DROPPED: "Log records the Fluentd shipper dropped, by reason.",
+    FORWARD_SENT_BYTES: "Bytes of Forward-protocol requests written to Fluentd (resends too).",
+    FORWARD_RECONNECTS: "Connections the Fluentd shipper opened (first one and reconnects).",
+    FORWARD_QUEUE_BYTES: "Encoded log records held in memory, waiting for a Fluentd ack.",
+    FORWARD_SPILL_BYTES: "Bytes of spill segments on disk, waiting to be replayed to Fluentd.",
+    FORWARD_SECONDS_SINCE_ACK: (
+        "Seconds since Fluentd last acknowledged a batch (since start before the first ack)."
+    ),
+})

@@ -26,11 +26,14 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from rpcscope._forward_receiver import ForwardEvent, ForwardReceiver
 from rpcscope._scope import Scope
 from rpcscope.exporters._logs import LogSink
 
 __all__ = [
     "CaptureSink",
+    "ForwardEvent",
+    "ForwardReceiver",
     "sample_value",
     "series",
     "wait_for_logs",
