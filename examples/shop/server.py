@@ -272,13 +272,17 @@ class _Core:
     """Draws fault decisions and delays; the servicers only apply them."""
 
     def __init__(self, faults: Mapping[str, Fault] | None, seed: int | None) -> None:
+        self.set_faults(faults)
+        # One lock around the generator keeps a seeded run reproducible in its draws.
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def set_faults(self, faults: Mapping[str, Fault] | None) -> None:
+        """Replace the fault plan (whole: calls already running keep the decision they drew)."""
         unknown = set(faults or {}) - set(METHODS)
         if unknown:
             raise ValueError(f"faults for unknown methods {sorted(unknown)}; known: {METHODS}")
         self.faults: Mapping[str, Fault] = MappingProxyType(dict(faults or {}))
-        # One lock around the generator keeps a seeded run reproducible in its draws.
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
 
     def decide(self, method: str) -> _Decision:
         fault = self.faults.get(method)
@@ -342,6 +346,10 @@ class _ShopState:
     ) -> None:
         self._core = _Core(faults, seed)
         self.catalog = catalog or Catalog()
+
+    def set_faults(self, faults: Mapping[str, Fault] | None) -> None:
+        """Change how the running shop misbehaves (the demo's incident starts and ends so)."""
+        self._core.set_faults(faults)
 
 
 class ShopServicer(_ShopState, shop_pb2_grpc.ShopServicer):
@@ -516,16 +524,18 @@ def serve(
     faults: Mapping[str, Fault] | None = None,
     seed: int | None = None,
     max_workers: int = 16,
+    servicer: ShopServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start the shop on a thread-pool server; returns the running server and its real port.
 
     Binds loopback by default (pass ``host="0.0.0.0"`` inside a container). With ``scope``, the
     server runs rpcscope's interceptors and zero series are created for every Shop method.
-    The caller stops it: ``server.stop(grace).wait()``.
+    The caller stops it: ``server.stop(grace).wait()``. ``servicer``: one the caller built (to
+    change its faults later with ``set_faults``); ``faults`` and ``seed`` are then its own.
     """
     interceptors = list(scope.server_interceptors()) if scope is not None else []
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors)
-    _add_servicer(ShopServicer(faults, seed=seed), server)
+    _add_servicer(servicer or ShopServicer(faults, seed=seed), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if scope is not None:
         scope.initialize_metrics(SERVICE)
@@ -540,11 +550,12 @@ async def serve_aio(
     host: str = "127.0.0.1",
     faults: Mapping[str, Fault] | None = None,
     seed: int | None = None,
+    servicer: AioShopServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Like :func:`serve`, for ``grpc.aio``; call it inside the event loop that will run it."""
     interceptors = list(scope.aio_server_interceptors()) if scope is not None else []
     server = grpc.aio.server(interceptors=interceptors)
-    _add_servicer(AioShopServicer(faults, seed=seed), server)
+    _add_servicer(servicer or AioShopServicer(faults, seed=seed), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if scope is not None:
         scope.initialize_metrics(SERVICE)

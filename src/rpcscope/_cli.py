@@ -1,16 +1,18 @@
 """The ``rpcscope`` command.
 
-``rpcscope demo`` (what ``make demo`` runs) starts the example shop service instrumented with
-rpcscope, drives load against it through instrumented clients for ``--duration`` seconds, serves
-``/metrics`` meanwhile, and ends with a summary per method — calls, error %, p50 and p99, read
-back from the server's own Prometheus series — plus where the metrics and logs went. With
-``--report FILE.json`` it also writes the numbers for scripts and CI.
+``rpcscope demo`` (what ``make demo`` runs) shows the whole loop on one machine: the example
+shop service instrumented with rpcscope under load, with an incident partway through (one method
+fails often enough to burn its SLO's error budget) and a recovery; a real Prometheus scraping
+its ``/metrics`` with the chart's rules and a real Alertmanager with the chart's routing
+(``rpcscope._stack``); the access and application logs shipped over the Forward protocol to a
+local receiver (or to the Fluentd ``RPCSCOPE_FLUENTD`` names); and alerts as Alertmanager's
+webhook delivers them. A live view shows rate, error ratio and p99 per method, logs emitted and
+acknowledged, and the alerts as they fire and resolve; the end is a summary, and with
+``--report FILE.json`` the numbers for scripts and CI. ``--keep`` leaves the stack up.
 
-The demo is a list of *stages* (see :class:`Stage`). Each stage starts something the demo needs
-(the scope and its ``/metrics`` endpoint, the shop server), may add to the report once the load
-has run, and stops in reverse order. Later stages — a real Prometheus scraping the endpoint,
-Alertmanager receiving alerts, log shipping to Fluentd — slot into :func:`_stages` without
-touching the rest.
+The demo is a list of *stages* (see :class:`Stage`). Each stage starts something the demo needs,
+may add to the report once the load has run, and stops in reverse order, also after an error or
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import IO, Any, Final, Protocol, TypeVar
 
@@ -192,6 +195,18 @@ class DemoRun:
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: (what, where) lines for the summary's "where things went" section
     where: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: what the demo could not start, and why (printed, and in the report)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    #: the shop's servicer, whose faults the incident changes
+    servicer: Any = None
+    #: the Forward address logs are shipped to (the local receiver, or RPCSCOPE_FLUENTD's)
+    fluentd: str | None = None
+    receiver: Any = None  # rpcscope.testing.ForwardReceiver, when the demo runs its own
+    webhook: Any = None  # rpcscope._stack.Webhook
+    alertmanager_url: str | None = None
+    prometheus_url: str | None = None
+    #: a temporary directory for the children's configuration, data and logs
+    workdir: str | None = None
 
 
 class Stage(Protocol):
@@ -245,11 +260,18 @@ class ScopeStage:
         import rpcscope
 
         args = run.args
+        options: dict[str, Any] = {}
+        if run.fluentd is not None and not os.environ.get("RPCSCOPE_FLUENTD"):
+            options["fluentd"] = run.fluentd
         run.scope = rpcscope.Scope(
             service="shop",
             service_version=rpcscope.__version__,
             environment="demo",
             access_log=args.access_log,
+            # The demo's own registry: its numbers are the shop's alone, whatever the process
+            # has registered in prometheus_client's global one.
+            registry=CollectorRegistry(),
+            **options,
         )
         try:
             self._metrics = run.scope.serve_metrics(port=args.metrics_port, addr=args.metrics_addr)
@@ -268,19 +290,23 @@ class ScopeStage:
         logging.getLogger().addHandler(self._handler)
 
     def finish(self, run: DemoRun) -> None:
-        pass
+        # Every record handed to its sinks, and (shipping) acknowledged, before the report.
+        run.scope.flush(timeout=10.0)
+        stats = run.scope.stats()
+        logs = stats["logs"]
+        shipped = [sink for sink in stats["sinks"] if sink["sink"] == "ForwardSink"]
+        if shipped:  # the shipper's numbers: delivered = acknowledged by the receiver
+            logs = shipped[0]
+        # The report's "lost": records dropped (rpcscope_log_records_total{outcome="dropped"}).
+        run.report["logs"] = {"emitted": logs["emitted"], "delivered": logs["delivered"],
+                              "lost": logs["dropped"]}
+        run.report["instrumentation_errors"] = stats["instrumentation_errors"]
 
     def stop(self, run: DemoRun) -> None:
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
         if run.scope is not None:
-            run.scope.close(timeout=5.0)  # flushes the access log and stops /metrics
-            stats = run.scope.stats()
-            logs = stats["logs"]
-            # The report's "lost": records dropped (rpcscope_log_records_total{outcome="dropped"}).
-            run.report["logs"] = {"emitted": logs["emitted"], "delivered": logs["delivered"],
-                                  "lost": logs["dropped"]}
-            run.report["instrumentation_errors"] = stats["instrumentation_errors"]
+            run.scope.close(timeout=5.0)  # delivers what is left and stops /metrics
 
 
 class ShopStage:
@@ -301,12 +327,14 @@ class ShopStage:
         try:
             if args.mode == "aio":
                 run.loop = _LoopThread()
+                run.servicer = server.AioShopServicer(faults, seed=args.seed)
                 self._server, port = run.loop.run(
-                    server.serve_aio(run.scope, args.shop_port, faults=faults, seed=args.seed)
+                    server.serve_aio(run.scope, args.shop_port, servicer=run.servicer)
                 )
             else:
+                run.servicer = server.ShopServicer(faults, seed=args.seed)
                 self._server, port = server.serve(
-                    run.scope, args.shop_port, faults=faults, seed=args.seed
+                    run.scope, args.shop_port, servicer=run.servicer
                 )
         except RuntimeError as error:  # grpcio's "Failed to bind to address"
             if run.loop is not None:
@@ -331,13 +359,259 @@ class ShopStage:
             run.loop.close()
 
 
+class ReceiverStage:
+    """Where the logs go: the Fluentd ``RPCSCOPE_FLUENTD`` names, else a local Forward receiver
+    (``rpcscope.testing.ForwardReceiver``: acknowledges every chunk, as Fluentd does)."""
+
+    name = "logs"
+
+    def start(self, run: DemoRun) -> None:
+        configured = os.environ.get("RPCSCOPE_FLUENTD")
+        if configured:
+            run.fluentd = configured
+            run.where.append(("logs", f"shipped to Fluentd at {configured} (RPCSCOPE_FLUENTD)"))
+            return
+        if run.args.no_ship:
+            return
+        from rpcscope._forward_receiver import ForwardReceiver
+        from rpcscope._stack import claim_port
+
+        port = claim_port(run.args.receiver_port, "--receiver-port")
+        run.receiver = ForwardReceiver(port=port).start()
+        run.fluentd = run.receiver.address
+        run.where.append(("logs", f"shipped over the Forward protocol to a local receiver at "
+                                  f"{run.fluentd} (set RPCSCOPE_FLUENTD for a real Fluentd)"))
+
+    def finish(self, run: DemoRun) -> None:
+        if run.receiver is not None:
+            tags: dict[str, int] = {}
+            for event in run.receiver.events:
+                tags[event.tag] = tags.get(event.tag, 0) + 1
+            run.report["receiver"] = tags
+
+    def stop(self, run: DemoRun) -> None:
+        if run.receiver is not None:
+            run.receiver.stop()
+
+
+class AlertingStage:
+    """The webhook, a real Alertmanager and a real Prometheus (``rpcscope._stack``), when their
+    binaries are installed; without them the demo runs on and says what it skipped."""
+
+    name = "alerting"
+
+    def __init__(self) -> None:
+        self._children: list[Any] = []
+
+    def start(self, run: DemoRun) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from rpcscope import _stack
+
+        args = run.args
+        prometheus = _stack.find_binary(_stack.PROMETHEUS_BINARIES)
+        alertmanager = _stack.find_binary(_stack.ALERTMANAGER_BINARIES)
+        if args.no_stack:
+            run.skipped.append("Prometheus and Alertmanager (--no-stack)")
+            return
+        if prometheus is None:
+            run.skipped.append("Prometheus and the alerts: no `prometheus` binary on PATH "
+                               "(Debian: apt-get install prometheus; `make demo` installs it)")
+            return
+        if alertmanager is None:
+            run.skipped.append("Alertmanager and the alerts: no `prometheus-alertmanager` "
+                               "binary on PATH (Debian: apt-get install prometheus-alertmanager)")
+        prom_port = _stack.claim_port(args.prometheus_port, "--prometheus-port")
+        am_port = (_stack.claim_port(args.alertmanager_port, "--alertmanager-port")
+                   if alertmanager is not None else None)
+        hook_port = _stack.claim_port(args.webhook_port, "--webhook-port")
+        run.workdir = tempfile.mkdtemp(prefix="rpcscope-demo-")
+        workdir = Path(run.workdir)
+        try:
+            am_address = None
+            if alertmanager is not None and am_port is not None:
+                run.webhook = _stack.Webhook(hook_port)
+                self._children.append(_stack.start_alertmanager(
+                    alertmanager, workdir, am_port, run.webhook.url))
+                am_address = f"127.0.0.1:{am_port}"
+                run.alertmanager_url = f"http://{am_address}"
+            assert run.metrics_url is not None
+            target = run.metrics_url.split("//", 1)[1].split("/", 1)[0]
+            self._children.append(_stack.start_prometheus(
+                prometheus, workdir, prom_port, target, am_address))
+            run.prometheus_url = f"http://127.0.0.1:{prom_port}"
+        except _stack.StackError as error:
+            self.stop(run)
+            raise _DemoError(str(error)) from None
+        run.where.append(("prometheus", f"{run.prometheus_url} (rules: "
+                                        f"{run.prometheus_url}/rules, alerts: "
+                                        f"{run.prometheus_url}/alerts)"))
+        if run.alertmanager_url:
+            run.where.append(("alertmanager", run.alertmanager_url))
+
+    def finish(self, run: DemoRun) -> None:
+        if run.webhook is not None:
+            run.report["alerts"] = [
+                {k: a[k] for k in ("alertname", "labels", "status", "received_at",
+                                   "seconds_into_demo")}
+                for a in run.webhook.received()
+            ]
+
+    def stop(self, run: DemoRun) -> None:
+        import shutil as _shutil
+
+        for child in reversed(self._children):
+            child.stop()
+        self._children.clear()
+        if run.webhook is not None:
+            run.webhook.close()
+        if run.workdir is not None and not run.args.keep_files:
+            _shutil.rmtree(run.workdir, ignore_errors=True)
+
+
 def _stages(args: argparse.Namespace) -> list[Stage]:
-    """The demo, in start order. Later issues add Prometheus, Alertmanager and log shipping."""
-    return [ScopeStage(), ShopStage()]
+    """The demo, in start order (stopped in reverse)."""
+    return [ReceiverStage(), ScopeStage(), ShopStage(), AlertingStage()]
 
 
 class _DemoError(Exception):
     """A problem the user can fix; printed without a traceback."""
+
+
+# --- the incident and the live view ----------------------------------------------------------
+
+
+class Incident:
+    """Partway through the load, GetProduct fails half its calls with UNAVAILABLE (its SLO's
+    error budget burns 50x too fast), then recovers: what pages, and then resolves."""
+
+    #: When it starts and ends, as fractions of ``--duration``.
+    START, END = 0.3, 0.5
+    METHOD = "GetProduct"
+
+    def __init__(self, run: DemoRun, base: Any, events: list[str]) -> None:
+        from rpcscope.example_shop import server
+
+        self._run = run
+        self._base = dict(base)
+        self._bad = {**self._base, self.METHOD: server.Fault(
+            errors={grpc.StatusCode.UNAVAILABLE: 0.5}, latency=0.002, jitter=0.004)}
+        self._events = events
+        self._stop = threading.Event()
+        self.active = False
+        self._thread = threading.Thread(target=self._script, name="rpcscope-demo-incident",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _script(self) -> None:
+        duration = self._run.args.duration
+        begin = time.monotonic()
+        if self._stop.wait(duration * self.START):
+            return
+        self._run.servicer.set_faults(self._bad)
+        self.active = True
+        self._events.append(f"{time.monotonic() - begin:6.1f}s  incident: {self.METHOD} fails "
+                            "50% of its calls (UNAVAILABLE)")
+        self._stop.wait(max(duration * self.END - (time.monotonic() - begin), 0.0))
+        self._run.servicer.set_faults(self._base)
+        self.active = False
+        self._events.append(f"{time.monotonic() - begin:6.1f}s  recovered: {self.METHOD} is "
+                            "healthy again")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self.active:
+            self._run.servicer.set_faults(self._base)
+
+
+class LiveView:
+    """What the demo shows while it runs, on stderr: per method the rate, server-fault error
+    ratio and p99 of the last few seconds, logs emitted and acknowledged, and every alert as
+    Alertmanager's webhook delivers it. A terminal gets one block redrawn in place; a pipe or
+    a CI log gets a few plain lines every ``every`` seconds."""
+
+    def __init__(self, run: DemoRun, events: list[str], *, enabled: bool,
+                 every: float = 5.0) -> None:
+        self._run = run
+        self._stream = run.err
+        self._enabled = enabled
+        self._tty = enabled and run.err.isatty()
+        self._every = every
+        self._events = events
+        self._shown_events = 0
+        self._shown_alerts = 0
+        self._drawn = 0
+        self._last_plain = -math.inf
+        self._prev: dict[str, MethodStats] = {}
+        self._prev_time = time.monotonic()
+
+    def update(self, done: int, failed: int, elapsed: float, final: bool = False) -> None:
+        if not self._enabled:
+            return
+        lines = self._new_events()
+        if not self._tty and not final and elapsed - self._last_plain < self._every:
+            self._write(lines)
+            return
+        self._last_plain = elapsed
+        lines_block = self._block(done, failed, elapsed)
+        if self._tty:
+            up = f"\x1b[{self._drawn}A" if self._drawn else ""
+            self._stream.write(up + "".join(f"\r{line}\x1b[K\n" for line in lines + lines_block))
+            self._drawn = len(lines_block)
+            self._stream.flush()
+        else:
+            self._write(lines + lines_block)
+
+    def _write(self, lines: list[str]) -> None:
+        if lines:
+            self._stream.write("".join(line + "\n" for line in lines))
+            self._stream.flush()
+
+    def _new_events(self) -> list[str]:
+        lines = [f"  {event}" for event in self._events[self._shown_events:]]
+        self._shown_events += len(lines)
+        webhook = self._run.webhook
+        if webhook is not None:
+            alerts = webhook.received()
+            for alert in alerts[self._shown_alerts:]:
+                labels = alert["labels"]
+                detail = ", ".join(f"{k}={labels[k]}" for k in ("severity", "slo", "window")
+                                   if k in labels)
+                lines.append(f"  {alert['seconds_into_demo']:6.1f}s  alert "
+                             f"{alert['status'].upper()}: {alert['alertname']} ({detail})")
+            self._shown_alerts = len(alerts)
+        return lines
+
+    def _block(self, done: int, failed: int, elapsed: float) -> list[str]:
+        from rpcscope.example_shop import server
+
+        run = self._run
+        total = run.args.duration
+        width = 24
+        filled = min(width, int(width * elapsed / total)) if total > 0 else width
+        logs = run.scope.stats()["logs"]
+        head = (f"demo [{'#' * filled}{'-' * (width - filled)}] {min(elapsed, total):5.1f}/"
+                f"{total:.0f}s  {done} calls  logs: {logs['emitted']} emitted, "
+                f"{logs['delivered']} delivered")
+        now = time.monotonic()
+        stats = read_method_stats(run.scope.registry, server.SERVICE_NAME)
+        span = max(now - self._prev_time, 1e-6)
+        rows = [head, f"  {'method':<16} {'calls/s':>8} {'server errors':>14} {'p99':>10}"]
+        for method in server.METHODS:
+            cur, prev = stats.get(method, MethodStats()), self._prev.get(method, MethodStats())
+            calls = cur.calls - prev.calls
+            faults = sum(n - prev.codes.get(code, 0) for code, n in cur.codes.items()
+                         if code in schema.SERVER_FAULT_CODES)
+            window = [(le, n - prev.buckets.get(le, 0.0)) for le, n in cur.buckets.items()]
+            p99 = histogram_quantile(0.99, window) if calls else None
+            ratio = f"{100.0 * faults / calls:.1f}%" if calls else "-"
+            rows.append(f"  {method:<16} {calls / span:8.1f} {ratio:>14} {_ms(p99):>10}")
+        self._prev, self._prev_time = stats, now
+        return rows
 
 
 # --- driving the load --------------------------------------------------------------------------
@@ -356,7 +630,14 @@ def _drive_load(run: DemoRun) -> None:
         seed=args.seed,
     )
     assert run.target is not None  # set by the shop stage
-    progress = Progress(run.err, args.duration, enabled=not args.no_progress)
+    events: list[str] = []
+    progress = LiveView(run, events, enabled=not args.no_progress)
+    incident = None
+    if not args.no_incident:
+        from rpcscope.example_shop import server
+
+        base = {} if args.no_faults else server.parse_faults(args.fault, base=server.DEMO_FAULTS)
+        incident = Incident(run, base, events)
     generator: Any
     with contextlib.ExitStack() as cleanup:
         if run.loop is not None:
@@ -380,10 +661,13 @@ def _drive_load(run: DemoRun) -> None:
             pool = cleanup.enter_context(concurrent.futures.ThreadPoolExecutor(1))
             generator = loadgen.LoadGenerator(channel, profile)
             future = pool.submit(generator.run)
+        if incident is not None:
+            incident.start()
+            cleanup.callback(incident.stop)
         try:
             while True:
                 try:
-                    run.load = future.result(timeout=0.25)
+                    run.load = future.result(timeout=1.0)
                     break
                 except concurrent.futures.TimeoutError:
                     progress.update(*generator.progress())
@@ -392,7 +676,8 @@ def _drive_load(run: DemoRun) -> None:
             generator.stop()
             run.err.write("\ninterrupted: letting calls in flight finish...\n")
             run.load = future.result()
-        progress.finish(*generator.progress())
+        done, failed, elapsed = generator.progress()
+        progress.update(done, failed, elapsed, final=True)
 
 
 # --- summary and report --------------------------------------------------------------------------
@@ -439,12 +724,18 @@ def _summary(run: DemoRun, stats: dict[str, MethodStats], methods: Iterable[str]
     return lines
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo as Ctrl-C does: every child stopped first
+
+
 def _run_demo(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from rpcscope.example_shop import server
+    import signal
 
     run = DemoRun(args=args, err=err)
     run.report.update({"alerts": []})
     started: list[Stage] = []
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         for stage in _stages(args):
             stage.start(run)
@@ -453,16 +744,54 @@ def _run_demo(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             f"rpcscope demo: shop ({args.mode}) on {run.target}, /metrics at {run.metrics_url}, "
             f"{args.duration:g}s of load at {args.rate:g} calls/s\n"
         )
+        for what in run.skipped:
+            err.write(f"rpcscope demo: skipped {what}\n")
+        if run.prometheus_url:
+            err.write(f"rpcscope demo: Prometheus at {run.prometheus_url}"
+                      + (f", Alertmanager at {run.alertmanager_url}" if run.alertmanager_url
+                         else "") + "\n")
         _drive_load(run)
         for stage in started:
             stage.finish(run)
+        status = _report(run, out, err)
+        if args.keep and not run.interrupted:
+            _keep(run, out)
+        return status
     except _DemoError as error:
         err.write(f"rpcscope demo: {error}\n")
         return 2
+    except KeyboardInterrupt:
+        err.write("\nrpcscope demo: interrupted; stopping everything\n")
+        return 130
     finally:
         for stage in reversed(started):
             stage.stop(run)
 
+
+def _keep(run: DemoRun, out: IO[str]) -> None:
+    """--keep: everything stays up for browsing until Ctrl-C (or SIGTERM)."""
+    urls = [("/metrics", run.metrics_url)]
+    if run.prometheus_url:
+        urls += [("Prometheus", run.prometheus_url),
+                 ("Prometheus rules", f"{run.prometheus_url}/rules"),
+                 ("Prometheus alerts", f"{run.prometheus_url}/alerts")]
+    if run.alertmanager_url:
+        urls.append(("Alertmanager", run.alertmanager_url))
+    out.write("\nrpcscope demo: --keep: the stack stays up; Ctrl-C stops everything.\n")
+    out.write("".join(f"  {name + ':':<18} {url}\n" for name, url in urls))
+    out.flush()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        out.write("rpcscope demo: stopping everything\n")
+        out.flush()
+
+
+def _report(run: DemoRun, out: IO[str], err: IO[str]) -> int:
+    """The summary on ``out`` and the ``--report`` file; the exit status."""
+    from rpcscope.example_shop import server
+
+    args = run.args
     scope = run.scope
     stats = read_method_stats(scope.registry, server.SERVICE_NAME)
     client = read_method_stats(scope.registry, server.SERVICE_NAME, side="client")
@@ -489,17 +818,18 @@ def _run_demo(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         }
     )
 
+    report["skipped"] = list(run.skipped)
+    report["urls"] = {"metrics": run.metrics_url, "prometheus": run.prometheus_url,
+                      "alertmanager": run.alertmanager_url}
     logs = report.get("logs", {})
     access_log = args.access_log
     if access_log not in ("stdout", "off"):
         access_log = report["access_log"] = os.path.abspath(access_log)
     where = [
-        ("metrics", f"{run.metrics_url} (served while the demo ran)"),
-        (
-            "access log",
-            f"{access_log}: {logs.get('emitted', 0)} records emitted, "
-            f"{logs.get('delivered', 0)} delivered, {logs.get('lost', 0)} lost",
-        ),
+        ("metrics", f"{run.metrics_url}"),
+        ("access log", f"{access_log}"),
+        ("log records", f"{logs.get('emitted', 0)} emitted, {logs.get('delivered', 0)} "
+                        f"delivered (acknowledged, when shipped), {logs.get('lost', 0)} lost"),
         *run.where,
     ]
     if args.report:
@@ -519,7 +849,9 @@ def _run_demo(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         f"({schema.SERVER_HANDLED}). Deadlines and cancellations can end a call before it "
         "reaches the server.",
         "",
+        *_alert_lines(run),
         *(f"{what + ':':<12} {place}" for what, place in where),
+        *(f"skipped:     {what}" for what in run.skipped),
     ]
     errors = report.get("instrumentation_errors", 0)
     if errors:
@@ -533,6 +865,22 @@ def _run_demo(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         err.write("rpcscope demo: the server counted no calls; is RPCSCOPE_DISABLED set?\n")
         return 1
     return 1 if errors else 0
+
+
+def _alert_lines(run: DemoRun) -> list[str]:
+    if run.webhook is None:
+        return []
+    alerts = run.report.get("alerts", [])
+    if not alerts:
+        return ["alerts: none received from Alertmanager", ""]
+    lines = [f"alerts received from Alertmanager ({len(alerts)}):"]
+    for alert in alerts:
+        labels = alert["labels"]
+        detail = ", ".join(f"{k}={labels[k]}" for k in ("severity", "slo", "window")
+                           if k in labels)
+        lines.append(f"  {alert['seconds_into_demo']:6.1f}s  {alert['status']:<8} "
+                     f"{alert['alertname']} ({detail})")
+    return [*lines, ""]
 
 
 # --- argument parsing ----------------------------------------------------------------------------
@@ -571,7 +919,8 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument(
-        "--duration", type=_seconds, default=20.0, help="seconds of load (default 20)"
+        "--duration", type=_seconds, default=120.0,
+        help="seconds of load (default 120; the incident runs from 30%% to 50%% of it)"
     )
     demo.add_argument("--rate", type=float, default=50.0, help="calls per second (0 = max)")
     demo.add_argument("--concurrency", type=int, default=4, help="calls in flight at most")
@@ -589,15 +938,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="METHOD:key=value,...",
         help="override a method's injected faults, e.g. GetProduct:unavailable=0.2,latency=0.05",
     )
-    demo.add_argument("--no-faults", action="store_true", help="inject no faults or latency")
+    demo.add_argument("--no-faults", action="store_true",
+                      help="inject no background faults or latency (the incident still runs)")
+    demo.add_argument("--no-incident", action="store_true",
+                      help="no incident: GetProduct does not fail partway through")
+    demo.add_argument("--no-stack", action="store_true",
+                      help="do not start Prometheus and Alertmanager")
+    demo.add_argument("--no-ship", action="store_true",
+                      help="do not ship logs (no local Forward receiver)")
+    demo.add_argument("--keep", action="store_true",
+                      help="after the load, keep everything up for browsing until Ctrl-C")
+    demo.add_argument("--keep-files", action="store_true",
+                      help="keep Prometheus' and Alertmanager's configuration, data and logs")
     demo.add_argument("--seed", type=int, default=None, help="make faults and traffic repeatable")
     demo.add_argument("--shop-port", type=_port, default=0, help="shop port (default: a free one)")
-    demo.add_argument(
-        "--metrics-port",
-        type=_port,
-        default=schema.DEFAULT_METRICS_PORT,
-        help="port for /metrics (default %(default)s; 0 picks a free one)",
-    )
+    demo.add_argument("--metrics-port", type=_port, default=0,
+                      help="port for /metrics (default: a free one)")
+    for flag, what in (("--prometheus-port", "Prometheus"), ("--alertmanager-port",
+                       "Alertmanager"), ("--webhook-port", "the demo's alert webhook"),
+                       ("--receiver-port", "the local Forward log receiver")):
+        demo.add_argument(flag, type=_port, default=0,
+                          help=f"port for {what} (default: a free one)")
     demo.add_argument(
         "--metrics-addr", default="127.0.0.1", help="bind address for /metrics (default loopback)"
     )

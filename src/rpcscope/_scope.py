@@ -204,14 +204,17 @@ class Scope:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counts for reports: log records emitted / delivered / dropped (summed over the
-        sinks), instrumentation errors."""
+        """Counts for reports: log records emitted / delivered / dropped, summed over the sinks
+        (``logs``) and per sink (``sinks``), and instrumentation errors."""
         self._batcher.fold()  # count every call that has finished so far
         logs = {"emitted": 0, "delivered": 0, "dropped": 0}
+        sinks = []
         for writer in self._writers:
-            for key, value in writer.stats().items():
+            counts = writer.stats()
+            sinks.append({"sink": type(writer.sink).__name__, **counts})
+            for key, value in counts.items():
                 logs[key] += value
-        return {"logs": logs, "instrumentation_errors": self._errors.count}
+        return {"logs": logs, "sinks": sinks, "instrumentation_errors": self._errors.count}
 
     def flush(self, timeout: float = 5.0) -> None:
         """Fold finished calls into the metrics and hand every queued log record to its sinks
