@@ -257,6 +257,17 @@ class Rendered:
             raise KeyError(f"no {kind} {name!r}; rendered {kind}s: {have}")
         return obj
 
+    def job(self, component: str) -> dict[str, Any]:
+        """The one Job of a component (Job names carry a hash of what they do)."""
+        jobs = [
+            o
+            for o in self.of_kind("Job")
+            if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        ]
+        if len(jobs) != 1:
+            raise KeyError(f"{len(jobs)} Jobs of component {component!r}")
+        return jobs[0]
+
     def components(self) -> set[str]:
         """``app.kubernetes.io/component`` of every workload rendered (hooks included)."""
         return {

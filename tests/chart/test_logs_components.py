@@ -151,7 +151,7 @@ def test_external_elasticsearch_renders_no_elasticsearch_and_wires_every_client(
     r = render(EXTERNAL)
     url = EXTERNAL["elasticsearch"]["external"]["url"]
     assert r.find("StatefulSet", r.name("elasticsearch")) is None
-    assert r.find("Job", r.name("elasticsearch") + "-setup") is None
+    assert not r.of_kind("Job")
     assert not [
         s for s in r.of_kind("Secret") if "elasticsearch-credentials" in s["metadata"]["name"]
     ]
@@ -352,7 +352,7 @@ def test_clients_reach_elasticsearch_by_a_name_on_its_certificate(rendered: Any)
     assert kyml["elasticsearch.ssl.verificationMode"] == "full"
     script = r.configmap_data(es + "-setup", "setup.sh")
     assert "--cacert /ca/ca.crt" in script
-    job = r.get("Job", es + "-setup")
+    job = r.job("elasticsearch-setup")
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert _env(container)["ES_URL"] == f"https://{es}.{r.namespace}.svc:9200"
 
@@ -486,7 +486,7 @@ def test_grafana_gets_a_read_only_elasticsearch_user(rendered: Any) -> None:
     role = json.loads(r.configmap_data(setup, "role-rpcscope_logs_reader.json"))
     assert role["indices"][0]["privileges"] == ["read", "view_index_metadata"]
     assert "cluster" not in role
-    job = r.get("Job", setup)["spec"]["template"]["spec"]
+    job = r.job("elasticsearch-setup")["spec"]["template"]["spec"]
     assert _secret_volumes(job)["user-grafana-elasticsearch"] == name
 
 

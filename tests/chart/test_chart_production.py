@@ -1,0 +1,140 @@
+"""What a production install depends on: it converges under `helm install --wait`, `--atomic`,
+Argo CD and Flux; it renders the same twice for GitOps; it refuses likely mistakes at render
+time. Each test here failed against the chart before the change it guards (issue 17).
+
+Scripts the chart puts into pods (Kibana's credential wait, Elasticsearch's readiness check)
+are run for real with the machine's `sh` and `curl` against a local HTTPS stand-in that presents
+the chart's own generated Elasticsearch certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chart_render import Rendered, render
+
+Get = Callable[[str], Rendered]
+
+needs_curl = pytest.mark.skipif(
+    shutil.which("curl") is None or shutil.which("sh") is None,
+    reason="needs sh and curl to run the chart's scripts",
+)
+
+
+# ---- A scripted HTTPS stand-in -------------------------------------------------------------
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers each request with the next status of ``statuses`` (the last one repeats)."""
+
+    statuses: list[tuple[int, bytes]]
+    calls: list[dict[str, str]]
+
+    def do_GET(self) -> None:
+        self.calls.append({"path": self.path, "auth": self.headers.get("Authorization", "")})
+        index = min(len(self.calls), len(self.statuses)) - 1
+        status, body = self.statuses[index]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def _stand_in(
+    tmp: Path, r: Rendered, statuses: list[tuple[int, bytes]]
+) -> Iterator[tuple[str, list[dict[str, str]], Path]]:
+    """(URL, recorded calls, CA file) of an HTTPS server with the chart's ES certificate."""
+    tls = r.secret_data(r.name("elasticsearch") + "-tls")
+    (tmp / "server.crt").write_bytes(tls["tls.crt"])
+    (tmp / "server.key").write_bytes(tls["tls.key"])
+    (tmp / "ca.crt").write_bytes(tls["ca.crt"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp / "server.crt", tmp / "server.key")
+    calls: list[dict[str, str]] = []
+    handler = type("Handler", (_Scripted,), {"calls": calls, "statuses": statuses})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", calls, tmp / "ca.crt"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _container(r: Rendered, kind: str, component: str, name: str) -> dict[str, Any]:
+    spec = r.get(kind, r.name(component))["spec"]["template"]["spec"]
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        if c["name"] == name:
+            return dict(c)
+    raise KeyError(name)
+
+
+# ---- 1. Installs converge under --wait / --atomic / GitOps ---------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "all-on", "external-es"])
+def test_nothing_but_helm_test_is_a_hook(rendered: Get, scenario: str) -> None:
+    """Helm waits for readiness before post-install hooks and Argo CD runs PostSync hooks only
+    once everything is healthy: a workload whose readiness needs a hook never converges."""
+    for obj in rendered(scenario).objects:
+        hook = (obj["metadata"].get("annotations") or {}).get("helm.sh/hook")
+        assert hook in (None, "test"), f"{obj['kind']}/{obj['metadata']['name']} is a {hook} hook"
+
+
+def test_setup_job_is_replaced_only_when_what_it_does_changes() -> None:
+    """A Job's pod template is immutable: a changed setup must come as a new Job (new name),
+    an unchanged one must keep its name so a completed Job is not re-run on every sync."""
+    a, b = render({}), render({})
+    changed = render({"elasticsearch": {"logs": {"retention": "30d"}}})
+    name = a.job("elasticsearch-setup")["metadata"]["name"]
+    assert b.job("elasticsearch-setup")["metadata"]["name"] == name
+    assert changed.job("elasticsearch-setup")["metadata"]["name"] != name
+    assert len(name) <= 63
+    assert "ttlSecondsAfterFinished" not in a.job("elasticsearch-setup")["spec"]
+
+
+@needs_curl
+def test_kibana_starts_only_once_elasticsearch_accepts_its_credentials(tmp_path: Path) -> None:
+    r = render({})
+    init = _container(r, "Deployment", "kibana", "wait-for-credentials")
+    creds = r.secret_data(r.name("kibana") + "-credentials")
+    mounts = tmp_path / "creds"
+    mounts.mkdir()
+    (mounts / "username").write_bytes(creds["username"])
+    (mounts / "password").write_bytes(creds["password"])
+    script = init["command"][2].replace("/etc/kibana-secrets/elasticsearch", str(mounts))
+    unauthorized = (401, b'{"error":"unable to authenticate user [kibana_system]"}')
+    with _stand_in(tmp_path, r, [unauthorized, unauthorized, (200, b"{}")]) as (url, calls, ca):
+        proc = subprocess.run(
+            ["sh", "-c", script],
+            env={"PATH": "/usr/bin:/bin", "ES_URL": url, "ES_CA_FILE": str(ca)}
+            | {"WAIT_SECONDS": "0"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(calls) == 3, calls  # kept waiting through both refusals
+    assert {c["path"] for c in calls} == {"/_security/_authenticate"}
+    expected = "Basic " + base64.b64encode(creds["username"] + b":" + creds["password"]).decode()
+    assert {c["auth"] for c in calls} == {expected}
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    assert env["ES_URL"].startswith(f"https://{r.name('elasticsearch')}.")
