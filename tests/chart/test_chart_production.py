@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_render import Rendered, render
+import yaml
+from chart_render import SCENARIOS, Rendered, copy_chart, render
 
 Get = Callable[[str], Rendered]
 
@@ -138,3 +139,52 @@ def test_kibana_starts_only_once_elasticsearch_accepts_its_credentials(tmp_path:
     assert {c["auth"] for c in calls} == {expected}
     env = {e["name"]: e.get("value") for e in init["env"]}
     assert env["ES_URL"].startswith(f"https://{r.name('elasticsearch')}.")
+
+
+# ---- 4. Chart bumps do not restart workloads; the tailer resumes after a restart -----------
+
+
+def test_a_chart_version_bump_changes_no_pod_template(tmp_path: Path) -> None:
+    """Any change to a pod template restarts its pods; a chart (or app) version bump alone,
+    with the same values, must not restart anything."""
+    bumped = copy_chart(tmp_path)
+    chart_yaml = bumped / "Chart.yaml"
+    meta = yaml.safe_load(chart_yaml.read_text())
+    text = chart_yaml.read_text()
+    text = text.replace(f"version: {meta['version']}", "version: 99.1.0")
+    text = text.replace(f'appVersion: "{meta["appVersion"]}"', 'appVersion: "99.1.0"')
+    chart_yaml.write_text(text)
+    values = SCENARIOS["all-on"]
+    before, after = render(values), render(values, chart_dir=bumped)
+    assert any(
+        o["metadata"]["labels"].get("helm.sh/chart", "").endswith("99.1.0") for o in after.objects
+    ), "the bump did not take"
+    templates = 0
+    for kind in ("Deployment", "StatefulSet", "DaemonSet"):
+        for obj in before.of_kind(kind):
+            name = obj["metadata"]["name"]
+            assert after.get(kind, name)["spec"]["template"] == obj["spec"]["template"], name
+            templates += 1
+    assert templates >= 8
+
+
+def test_fluentd_tail_positions_live_on_the_node(rendered: Get) -> None:
+    r = rendered("defaults")
+    ds = r.get("DaemonSet", r.name("fluentd"))["spec"]["template"]["spec"]
+    tailer = next(c for c in ds["containers"] if c["name"] == "fluentd")
+    state = next(e["value"] for e in tailer["env"] if e["name"] == "FLUENT_STATE_PATH")
+    tail_conf = r.configmap_data(r.name("fluentd") + "-config", "conf.d__source-tail.conf")
+    assert "FLUENT_STATE_PATH" in tail_conf and "/pos/containers.log.pos" in tail_conf
+    mount = next(m for m in tailer["volumeMounts"] if m["mountPath"] == f"{state}/pos")
+    volume = next(v for v in ds["volumes"] if v["name"] == mount["name"])
+    assert volume["hostPath"]["path"] == f"/var/lib/rpcscope-fluentd/{r.namespace}-{r.release}"
+    assert volume["hostPath"]["type"] == "DirectoryOrCreate"
+    # ... writable for the tailer's uid (the kubelet creates it root-owned).
+    init = next(c for c in ds["initContainers"] if c["name"] == "positions-dir")
+    uid = ds["securityContext"]["runAsUser"]
+    assert init["command"] == ["chown", f"{uid}:0", f"{state}/pos"]
+    custom = render({"fluentd": {"daemonset": {"positionsHostPath": "/data/fluentd-pos"}}})
+    ds2 = custom.get("DaemonSet", custom.name("fluentd"))["spec"]["template"]["spec"]
+    assert {"path": "/data/fluentd-pos", "type": "DirectoryOrCreate"} in [
+        v.get("hostPath") for v in ds2["volumes"]
+    ]

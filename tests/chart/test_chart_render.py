@@ -43,6 +43,9 @@ METRICS_PORTS = {
     "fluentd-aggregator": 24231,
     "elasticsearch-exporter": 9114,
 }
+#: Init containers that run as root (and why): the kubelet creates a missing hostPath directory
+#: as root 0755, so the tailer's uid could not write its tail positions there.
+ROOT_INIT_CONTAINERS = {("fluentd", "positions-dir"): "chown the tail-positions hostPath"}
 #: Components that need a Kubernetes API token (and why).
 NEEDS_API_TOKEN = {
     "prometheus": "kubernetes_sd_configs discovery",
@@ -117,6 +120,13 @@ def test_every_pod_is_hardened(rendered: Get, scenario: str) -> None:
         for c in _containers(spec):
             csc = c.get("securityContext", {})
             cwhere = f"{where} container {c['name']}"
+            if (component, c["name"]) in ROOT_INIT_CONTAINERS:
+                # The one root container: chowns a hostPath directory, one capability, then exits.
+                assert c["command"][0] == "chown", cwhere
+                assert csc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}, cwhere
+                assert csc["readOnlyRootFilesystem"] is True, cwhere
+                assert csc["allowPrivilegeEscalation"] is False, cwhere
+                continue
             assert csc.get("readOnlyRootFilesystem") is True, cwhere
             assert csc.get("allowPrivilegeEscalation") is False, cwhere
             assert csc.get("privileged") in (None, False), cwhere

@@ -403,10 +403,11 @@ def test_fluentd_tailer_reads_logs_without_root_or_capabilities(rendered: Any) -
     assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
     # containerd's log files are root:root 0640: group 0 reads them, no capability needed.
     assert psc["supplementalGroups"] == [0]
-    hostpaths = [v for v in spec["volumes"] if "hostPath" in v]
-    assert [v["hostPath"]["path"] for v in hostpaths] == ["/var/log"]
+    hostpaths = {v["hostPath"]["path"]: v["name"] for v in spec["volumes"] if "hostPath" in v}
+    # The log directory, read-only, and the tail positions of this release (test_chart_production).
+    assert set(hostpaths) == {"/var/log", f"/var/lib/rpcscope-fluentd/{r.namespace}-{r.release}"}
     mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
-    assert mounts[hostpaths[0]["name"]]["readOnly"] is True
+    assert mounts[hostpaths["/var/log"]]["readOnly"] is True
     rules = r.get("ClusterRole", f"{r.name('fluentd')}-{r.namespace}")["rules"]
     assert rules == [
         {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]}

@@ -93,6 +93,31 @@ helm.sh/chart: {{ include "rpcscope-stack.chart" .ctx }}
 {{- end -}}
 
 {{/*
+rpcscope-stack.podLabels: the labels of a workload's pod template. Selector labels plus only
+what never changes with a chart or app version: `helm.sh/chart` and `app.kubernetes.io/version`
+are left out, because any change to a pod template restarts the pods, and a chart bump alone
+must not restart every workload. `extra` (a component's `podLabels` value) is added; it cannot
+override the selector labels.
+Args: (dict "ctx" $ "component" "<component>" "extra" .Values.<component>.podLabels)
+*/}}
+{{- define "rpcscope-stack.podLabels" -}}
+{{- $fixed := include "rpcscope-stack.selectorLabels" . | fromYaml -}}
+{{- $_ := set $fixed "app.kubernetes.io/part-of" "rpcscope" -}}
+{{- $_ := set $fixed "app.kubernetes.io/managed-by" .ctx.Release.Service -}}
+{{- toYaml (merge $fixed (deepCopy (.extra | default dict))) -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.configChecksum: the checksum/config annotation value of a ConfigMap template: a
+hash of its `data` only, so labels that carry the chart version do not restart pods.
+Args: (dict "ctx" $ "template" "/kibana/configmap.yaml")
+*/}}
+{{- define "rpcscope-stack.configChecksum" -}}
+{{- $doc := include (print .ctx.Template.BasePath .template) .ctx | fromYaml -}}
+{{- get $doc "data" | toJson | sha256sum -}}
+{{- end -}}
+
+{{/*
 rpcscope-stack.image: the full image reference.
 Args: (dict "ctx" $ "image" .Values.<component>.image)
 The image map is {registry?, repository, tag, digest?}. `global.imageRegistry`, when set,
