@@ -188,3 +188,46 @@ def test_fluentd_tail_positions_live_on_the_node(rendered: Get) -> None:
     assert {"path": "/data/fluentd-pos", "type": "DirectoryOrCreate"} in [
         v.get("hostPath") for v in ds2["volumes"]
     ]
+
+
+# ---- 3. Elasticsearch readiness waits for the cluster ---------------------------------------
+
+
+def _es_probe(tmp: Path, r: Rendered, url: str, ca: Path) -> tuple[list[str], dict[str, str]]:
+    """The readiness command with paths pointed at tmp, and its environment."""
+    c = _container(r, "StatefulSet", "elasticsearch", "elasticsearch")
+    script = c["readinessProbe"]["exec"]["command"][2]
+    script = script.replace("/tmp/", f"{tmp}/")
+    script = script.replace("/usr/share/elasticsearch/config/certs/ca.crt", str(ca))
+    script = script.replace("https://127.0.0.1:9200", url)
+    password = r.secret_data(r.name("elasticsearch") + "-credentials")["password"]
+    (tmp / "elastic-password").write_bytes(password)
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    env |= {"PATH": "/usr/bin:/bin", "ELASTIC_PASSWORD_FILE": str(tmp / "elastic-password")}
+    return ["sh", "-c", script], env
+
+
+@needs_curl
+@pytest.mark.parametrize(("replicas", "status"), [(3, "green"), (1, "yellow")])
+def test_elasticsearch_is_ready_only_once_the_cluster_recovered(
+    tmp_path: Path, replicas: int, status: str
+) -> None:
+    """A restarted node reports ready only when the cluster reached the status (408 until
+    then), so a rolling restart waits for replicas; afterwards only the node itself counts."""
+    r = render({"elasticsearch": {"replicas": replicas}})
+    timeout = (408, b'{"status":"red","timed_out":true}')
+    with _stand_in(tmp_path, r, [timeout, timeout, (200, b"{}")]) as (url, calls, ca):
+        cmd, env = _es_probe(tmp_path, r, url, ca)
+        results = [
+            subprocess.run(cmd, env=env, capture_output=True, timeout=30, check=False).returncode
+            for _ in range(4)
+        ]
+    assert results == [1, 1, 0, 0]
+    wait = f"/_cluster/health?wait_for_status={status}&timeout=1s"
+    assert [c["path"] for c in calls] == [wait, wait, wait, "/_cluster/health?local=true"]
+
+
+def test_elasticsearch_readiness_status_can_be_chosen() -> None:
+    r = render({"elasticsearch": {"replicas": 3, "readiness": {"waitForStatus": "yellow"}}})
+    c = _container(r, "StatefulSet", "elasticsearch", "elasticsearch")
+    assert {"name": "WAIT_FOR_STATUS", "value": "yellow"} in c["env"]
