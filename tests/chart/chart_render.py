@@ -68,8 +68,10 @@ EXTERNAL_ES: dict[str, Any] = {
             "url": "https://es.example.internal:9243",
             "caSecret": "corp-es-ca",
             "credentialsSecret": "corp-es-writer",
+            "readerCredentialsSecret": "corp-es-reader",
         },
     },
+    "kibana": {"elasticsearchCredentialsSecret": "corp-es-kibana-system"},
 }
 _LOGS_OFF: dict[str, Any] = {
     "elasticsearch": {"enabled": False},

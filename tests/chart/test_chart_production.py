@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_render import SCENARIOS, Rendered, copy_chart, render
+from chart_render import SCENARIOS, Rendered, copy_chart, merge, render, render_error
 
 Get = Callable[[str], Rendered]
 
@@ -231,3 +231,46 @@ def test_elasticsearch_readiness_status_can_be_chosen() -> None:
     r = render({"elasticsearch": {"replicas": 3, "readiness": {"waitForStatus": "yellow"}}})
     c = _container(r, "StatefulSet", "elasticsearch", "elasticsearch")
     assert {"name": "WAIT_FOR_STATUS", "value": "yellow"} in c["env"]
+
+
+# ---- 5. External Elasticsearch: separate reader and writer credentials ----------------------
+
+
+def _secret_of(r: Rendered, kind: str, component: str, volume: str) -> str:
+    spec = r.get(kind, r.name(component))["spec"]["template"]["spec"]
+    vol = next(v for v in spec["volumes"] if v["name"] == volume)
+    return str(vol["secret"]["secretName"])
+
+
+def test_external_readers_never_use_the_shipping_user(rendered: Get) -> None:
+    r = rendered("external-es")
+    ext = r.values["elasticsearch"]["external"]
+    writer, reader = ext["credentialsSecret"], ext["readerCredentialsSecret"]
+    assert writer != reader
+    assert _secret_of(r, "DaemonSet", "fluentd", "elasticsearch-credentials") == writer
+    assert _secret_of(r, "Deployment", "grafana", "es-credentials") == reader
+    kibana = r.values["kibana"]["elasticsearchCredentialsSecret"]
+    assert _secret_of(r, "Deployment", "kibana", "elasticsearch-credentials") == kibana
+    assert kibana not in (writer, reader)
+
+
+@pytest.mark.parametrize(
+    ("missing", "words"),
+    [
+        (
+            {"elasticsearch": {"external": {"readerCredentialsSecret": ""}}},
+            ["elasticsearch.external.readerCredentialsSecret", "read"],
+        ),
+        (
+            {"kibana": {"elasticsearchCredentialsSecret": ""}},
+            ["kibana.elasticsearchCredentialsSecret", "kibana_system"],
+        ),
+    ],
+    ids=["grafana-reader", "kibana-system"],
+)
+def test_external_mode_without_a_reader_is_refused(
+    missing: dict[str, Any], words: list[str]
+) -> None:
+    message = render_error(merge(SCENARIOS["external-es"], missing))
+    for word in words:
+        assert word in message, message

@@ -401,7 +401,7 @@ def test_grafana_uses_external_prometheus_and_elasticsearch(rendered: Get) -> No
         v["name"]: v
         for v in r.get("Deployment", r.name("grafana"))["spec"]["template"]["spec"]["volumes"]
     }
-    assert vols["es-credentials"]["secret"]["secretName"] == "corp-es-writer"
+    assert vols["es-credentials"]["secret"]["secretName"] == "corp-es-reader"
     assert vols["es-ca"]["secret"]["secretName"] == "corp-es-ca"
 
 

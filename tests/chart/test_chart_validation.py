@@ -43,15 +43,25 @@ CASES: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
         ["elasticsearch.external.url"],
         {
             "elasticsearch": {
-                "external": {"url": "https://es.corp:9200", "credentialsSecret": "es-creds"}
-            }
+                "external": {
+                    "url": "https://es.corp:9200",
+                    "credentialsSecret": "es-creds",
+                    "readerCredentialsSecret": "es-reader",
+                }
+            },
+            "kibana": {"elasticsearchCredentialsSecret": "es-kibana-system"},
         },
     ),
     (
         "external-elasticsearch-without-credentials",
         {"elasticsearch": {"enabled": False, "external": {"url": "https://es.corp:9200"}}},
         ["elasticsearch.external.credentialsSecret"],
-        {"elasticsearch": {"external": {"credentialsSecret": "es-creds"}}},
+        {
+            "elasticsearch": {
+                "external": {"credentialsSecret": "es-creds", "readerCredentialsSecret": "es-ro"}
+            },
+            "kibana": {"elasticsearchCredentialsSecret": "es-kibana-system"},
+        },
     ),
     (
         "grafana-replicas-on-sqlite",

@@ -193,11 +193,9 @@ def test_external_elasticsearch_without_ca_uses_the_system_trust_store() -> None
     assert "--es.ca=/etc/ssl/certs/ca-certificates.crt" in exporter["args"]
 
 
-def test_kibana_falls_back_to_the_external_credentials() -> None:
+def test_kibana_never_falls_back_to_the_shipping_user() -> None:
     values = merge(EXTERNAL, {"kibana": {"elasticsearchCredentialsSecret": ""}})
-    r = render(values)
-    vols = _secret_volumes(_pod(r, "Deployment", "kibana"))
-    assert vols["elasticsearch-credentials"] == "corp-es-writer"
+    assert "kibana.elasticsearchCredentialsSecret" in render_error(values)
 
 
 # --- every Secret a pod needs is there ----------------------------------------------------------
@@ -211,8 +209,9 @@ def test_every_secret_a_log_pod_mounts_is_rendered_or_user_provided(
     rendered_secrets = {s["metadata"]["name"] for s in r.of_kind("Secret")}
     external = {
         r.values.get("elasticsearch", {}).get("external", {}).get(k)
-        for k in ("caSecret", "credentialsSecret")
+        for k in ("caSecret", "credentialsSecret", "readerCredentialsSecret")
     } - {None, ""}
+    external |= {r.values.get("kibana", {}).get("elasticsearchCredentialsSecret")} - {None, ""}
     checked = 0
     for obj, labels, spec in r.pods():
         if labels.get("app.kubernetes.io/component") not in LOG_COMPONENTS:

@@ -6,9 +6,9 @@ How the log components authenticate to Elasticsearch (least privilege, one user 
   client                   in-chart Elasticsearch                          external Elasticsearch
   Fluentd (both roles)     rpcscope_fluentd  <fullname>-fluentd-credentials    elasticsearch.external.credentialsSecret
   elasticsearch-exporter   rpcscope_monitor  <fullname>-elasticsearch-exporter-credentials   (same)
-  Kibana                   kibana_system     <fullname>-kibana-credentials     kibana.elasticsearchCredentialsSecret,
-                                                                             else the external credentialsSecret
+  Kibana                   kibana_system     <fullname>-kibana-credentials     kibana.elasticsearchCredentialsSecret (required)
   Grafana log datasource   rpcscope_grafana  <fullname>-grafana-elasticsearch-credentials (read-only)
+                                                                             elasticsearch.external.readerCredentialsSecret (required)
   setup Job                elastic           <fullname>-elasticsearch-credentials   (no setup Job)
 
 Every credentials Secret has the keys `username` and `password`. The CA every client verifies

@@ -14,6 +14,15 @@ without credentials".)
 {{- fail "elasticsearch.setup.enabled=false leaves the users Fluentd, the exporter and Kibana log in with uncreated: keep elasticsearch.setup.enabled=true, or turn those components off (Kibana: or set kibana.elasticsearchCredentialsSecret)" -}}
 {{- end -}}
 {{- end -}}
+{{- /* External Elasticsearch: readers need their own users; the shipping user cannot read. */ -}}
+{{- if and (not $v.elasticsearch.enabled) $v.elasticsearch.external.url -}}
+{{- if and $v.grafana.enabled $v.grafana.datasources.elasticsearch.enabled (not $v.elasticsearch.external.readerCredentialsSecret) -}}
+{{- fail "elasticsearch.external.readerCredentialsSecret is empty, but Grafana's log datasource reads from the external Elasticsearch and the writer in elasticsearch.external.credentialsSecret cannot read (log panels would get 403). Create a user with read + view_index_metadata on logs-rpcscope.*-* and set elasticsearch.external.readerCredentialsSecret to a Secret with its `username` and `password`, or set grafana.datasources.elasticsearch.enabled=false" -}}
+{{- end -}}
+{{- if and $v.kibana.enabled (not $v.kibana.elasticsearchCredentialsSecret) -}}
+{{- fail "kibana.elasticsearchCredentialsSecret is empty, but Kibana runs against the external Elasticsearch and must not use the shipping user: set it to a Secret with `username` and `password` of your cluster's kibana_system user (or a user with the kibana_system role), or set kibana.enabled=false" -}}
+{{- end -}}
+{{- end -}}
 {{- if and $v.fluentd.enabled (not $v.fluentd.daemonset.enabled) (not $v.fluentd.aggregator.enabled) -}}
 {{- fail "fluentd.enabled=true but both fluentd.daemonset.enabled and fluentd.aggregator.enabled are false: enable one of them, or set fluentd.enabled=false" -}}
 {{- end -}}

@@ -31,7 +31,8 @@ JSON {"credentials": "<Secret name>", "ca": "<Secret name or empty>"}.
 In-chart Elasticsearch: the read-only `rpcscope_grafana` user the setup Job creates, in
 `<fullname>-grafana-elasticsearch-credentials` (keys `username`, `password`), and `<es>-tls`
 (key `ca.crt`). Grafana never gets the `elastic` superuser. External:
-`elasticsearch.external.credentialsSecret` / `.caSecret`.
+`elasticsearch.external.readerCredentialsSecret` (a read-only user; the writer in
+`.credentialsSecret` cannot read) / `.caSecret`.
 */}}
 {{- define "rpcscope-stack.grafana.esSecrets" -}}
 {{- if .Values.elasticsearch.enabled -}}
@@ -39,7 +40,7 @@ In-chart Elasticsearch: the read-only `rpcscope_grafana` user the setup Job crea
 {{- $reader := include "rpcscope-stack.componentName" (dict "ctx" . "component" "grafana-elasticsearch") -}}
 {{- toJson (dict "credentials" (printf "%s-credentials" $reader) "ca" (printf "%s-tls" $es)) -}}
 {{- else -}}
-{{- toJson (dict "credentials" .Values.elasticsearch.external.credentialsSecret "ca" .Values.elasticsearch.external.caSecret) -}}
+{{- toJson (dict "credentials" .Values.elasticsearch.external.readerCredentialsSecret "ca" .Values.elasticsearch.external.caSecret) -}}
 {{- end -}}
 {{- end -}}
 
