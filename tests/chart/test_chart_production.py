@@ -10,6 +10,8 @@ the chart's own generated Elasticsearch certificate.
 from __future__ import annotations
 
 import base64
+import fnmatch
+import json
 import shutil
 import ssl
 import subprocess
@@ -274,3 +276,48 @@ def test_external_mode_without_a_reader_is_refused(
     message = render_error(merge(SCENARIOS["external-es"], missing))
     for word in words:
         assert word in message, message
+
+
+# ---- 6. The tailer ships the namespaces it is told to -----------------------------------------
+
+
+def _shipped(r: Rendered, files: list[str]) -> set[str]:
+    """Which of ``files`` the tailer reads: in_tail's `path` (comma-separated globs) minus
+    `exclude_path` (a JSON list of globs), as source-tail.conf takes them from the env."""
+    spec = r.get("DaemonSet", r.name("fluentd"))["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    include = str(env["FLUENT_CONTAINER_TAIL_PATH"]).split(",")
+    exclude = json.loads(str(env["FLUENT_CONTAINER_TAIL_EXCLUDE_PATH"]))
+    return {
+        f
+        for f in files
+        if any(fnmatch.fnmatchcase(f, p) for p in include)
+        and not any(fnmatch.fnmatchcase(f, p) for p in exclude)
+    }
+
+
+_LOG_FILES = {
+    ns: f"/var/log/containers/{pod}_{ns}_app-0123456789abcdef.log"
+    for ns, pod in [
+        ("shop", "shop-7d9f-abcde"),
+        ("payments", "api-5c6b-xyz12"),
+        ("kube-system", "coredns-5d78-q9w8e"),
+        ("kube-node-lease", "lease-1"),
+        ("observability", "rpcscope-rpcscope-stack-grafana-6f7-aaaaa"),
+    ]
+}
+_SELF = "/var/log/containers/rpcscope-rpcscope-stack-fluentd-x1y2z_observability_fluentd-01.log"
+
+
+def test_tailer_leaves_out_system_namespaces_by_default(rendered: Get) -> None:
+    shipped = _shipped(rendered("defaults"), [*_LOG_FILES.values(), _SELF])
+    assert shipped == {_LOG_FILES[ns] for ns in ("shop", "payments", "observability")}
+
+
+def test_tailer_ships_only_included_namespaces() -> None:
+    r = render({"fluentd": {"daemonset": {"namespaces": {"include": ["shop", "payments"]}}}})
+    shipped = _shipped(r, [*_LOG_FILES.values(), _SELF])
+    assert shipped == {_LOG_FILES["shop"], _LOG_FILES["payments"]}
+    r = render({"fluentd": {"daemonset": {"namespaces": {"exclude": ["payments"]}}}})
+    assert _LOG_FILES["kube-system"] in _shipped(r, list(_LOG_FILES.values()))
+    assert _LOG_FILES["payments"] not in _shipped(r, list(_LOG_FILES.values()))
