@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import re
 import shutil
 import ssl
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_render import SCENARIOS, Rendered, copy_chart, merge, render, render_error
+from chart_render import CHART_DIR, SCENARIOS, Rendered, copy_chart, merge, render, render_error
 
 Get = Callable[[str], Rendered]
 
@@ -321,3 +322,55 @@ def test_tailer_ships_only_included_namespaces() -> None:
     r = render({"fluentd": {"daemonset": {"namespaces": {"exclude": ["payments"]}}}})
     assert _LOG_FILES["kube-system"] in _shipped(r, list(_LOG_FILES.values()))
     assert _LOG_FILES["payments"] not in _shipped(r, list(_LOG_FILES.values()))
+
+
+# ---- 7. GitOps renders are reproducible ------------------------------------------------------
+
+
+def _gitops_values() -> dict[str, Any]:
+    """Every value the README's GitOps list names, each set to a Secret name."""
+    text = (CHART_DIR / "README.md").read_text()
+    section = text.split("<!-- gitops:start")[1].split("<!-- gitops:end -->")[0]
+    paths = re.findall(r"^\| `([a-zA-Z.]+)` \|", section, re.MULTILINE)
+    assert len(paths) >= 10, paths
+    values: dict[str, Any] = {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = values
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = "gitops-" + path.lower().replace(".", "-")
+    return values
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "all-on"])
+def test_offline_renders_with_the_gitops_values_are_byte_identical(scenario: str) -> None:
+    """Argo CD and `helm template` cannot look up: with every value the README lists set, two
+    offline renders must not differ in a single byte (a generated secret anywhere would)."""
+    values = merge(SCENARIOS[scenario], _gitops_values())
+    first, second = render(values), render(values)
+    assert first.files == second.files
+    assert not first.of_kind("Secret"), [s["metadata"]["name"] for s in first.of_kind("Secret")]
+
+
+def test_gitops_secrets_reach_the_pods_that_use_them() -> None:
+    r = render(_gitops_values())
+    mounted = {
+        v["secret"]["secretName"]
+        for _, _, spec in r.pods()
+        for v in spec.get("volumes", [])
+        if "secret" in v
+    }
+    listed = {
+        v
+        for v in _flatten(_gitops_values())
+        if v != "gitops-global-tls-existingcasecret"  # the CA signs certificates; not mounted
+    }
+    assert listed <= mounted, listed - mounted
+
+
+def _flatten(values: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for v in values.values():
+        out += _flatten(v) if isinstance(v, dict) else [v]
+    return out

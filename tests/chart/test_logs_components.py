@@ -231,8 +231,10 @@ def test_every_secret_a_log_pod_mounts_is_rendered_or_user_provided(
 def test_setup_job_creates_a_user_for_each_enabled_client_only() -> None:
     r = render({"elasticsearchExporter": {"enabled": False}})
     script = r.configmap_data(r.name("elasticsearch") + "-setup", "setup.sh")
-    assert "user rpcscope_fluentd rpcscope_fluentd_writer /secrets/fluentd" in script
-    assert "rpcscope_monitor rpcscope_monitor" not in script
+    # user ROLE DIR: the user name comes from the Secret (generated: rpcscope_fluentd).
+    assert "user rpcscope_fluentd_writer /secrets/fluentd" in script
+    assert r.secret_data(r.name("fluentd") + "-credentials")["username"] == b"rpcscope_fluentd"
+    assert "/secrets/elasticsearch-exporter" not in script
     assert "/_security/user/kibana_system/_password" in script
     assert r.find("Secret", r.name("elasticsearch-exporter") + "-credentials") is None
     # The writer role can only append to rpcscope's own data streams.
@@ -482,7 +484,7 @@ def test_grafana_gets_a_read_only_elasticsearch_user(rendered: Any) -> None:
     assert r.secret_data(name)["username"] == b"rpcscope_grafana"
     setup = r.name("elasticsearch") + "-setup"
     script = r.configmap_data(setup, "setup.sh")
-    assert "user rpcscope_grafana rpcscope_logs_reader /secrets/grafana-elasticsearch" in script
+    assert "user rpcscope_logs_reader /secrets/grafana-elasticsearch" in script
     role = json.loads(r.configmap_data(setup, "role-rpcscope_logs_reader.json"))
     assert role["indices"][0]["privileges"] == ["read", "view_index_metadata"]
     assert "cluster" not in role

@@ -177,7 +177,7 @@ def test_setup_job_refuses_to_send_an_empty_password(tmp_path: Path) -> None:
     (fluentd_dir,) = {
         line.split()[-1]
         for line in script.splitlines()
-        if line.startswith("user rpcscope_fluentd ")
+        if line.startswith("user rpcscope_fluentd_writer ")
     }
     Path(fluentd_dir, "password").write_text("")
     (tmp_path / "setup.sh").write_text(script)

@@ -36,9 +36,7 @@ In-chart Elasticsearch: the read-only `rpcscope_grafana` user the setup Job crea
 */}}
 {{- define "rpcscope-stack.grafana.esSecrets" -}}
 {{- if .Values.elasticsearch.enabled -}}
-{{- $es := include "rpcscope-stack.componentName" (dict "ctx" . "component" "elasticsearch") -}}
-{{- $reader := include "rpcscope-stack.componentName" (dict "ctx" . "component" "grafana-elasticsearch") -}}
-{{- toJson (dict "credentials" (printf "%s-credentials" $reader) "ca" (printf "%s-tls" $es)) -}}
+{{- toJson (dict "credentials" (include "rpcscope-stack.logs.userSecret" (dict "ctx" . "client" "grafana-elasticsearch")) "ca" (include "rpcscope-stack.logs.esTlsSecret" .)) -}}
 {{- else -}}
 {{- toJson (dict "credentials" .Values.elasticsearch.external.readerCredentialsSecret "ca" .Values.elasticsearch.external.caSecret) -}}
 {{- end -}}
