@@ -377,14 +377,17 @@ LOOKUP_DEFINE = re.compile(
     r'\{\{- define "rpcscope-stack\.lookupSecret" -\}\}\n.*?\n\{\{- end -\}\}\n', re.DOTALL
 )
 _LOOKUP_STUB = """{{- define "rpcscope-stack.lookupSecret" -}}
-{{- $raw := .ctx.Files.Get (printf "files/_existing/%s.json" .name) -}}
+{{- $kind := .kind | default "Secret" -}}
+{{- $prefix := ternary "" (printf "%s-" $kind) (eq $kind "Secret") -}}
+{{- $raw := .ctx.Files.Get (printf "files/_existing/%s%s.json" $prefix .name) -}}
 {{- if $raw -}}{{- $raw -}}{{- else -}}{}{{- end -}}
 {{- end -}}
 """
 
 
 def with_existing_secrets(chart_copy: Path, secrets: list[dict[str, Any]]) -> Path:
-    """Make ``chart_copy`` render as if ``secrets`` already existed in the release namespace.
+    """Make ``chart_copy`` render as if ``secrets`` (or other objects, e.g. a StatefulSet)
+    already existed in the release namespace.
 
     helm-python-sdk renders offline, where Helm's ``lookup`` always returns an empty map, so an
     upgrade cannot be rendered as-is. The chart routes every lookup through the single helper
@@ -404,6 +407,8 @@ def with_existing_secrets(chart_copy: Path, secrets: list[dict[str, Any]]) -> Pa
         shutil.rmtree(existing)
     existing.mkdir(parents=True)
     for sec in secrets:
-        (existing / f"{sec['metadata']['name']}.json").write_text(json.dumps(sec))
+        kind = sec.get("kind", "Secret")
+        prefix = "" if kind == "Secret" else f"{kind}-"
+        (existing / f"{prefix}{sec['metadata']['name']}.json").write_text(json.dumps(sec))
     _charts.pop(chart_copy.resolve(), None)
     return chart_copy

@@ -23,9 +23,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import pytest
 import yaml
-from chart_render import CHART_DIR, SCENARIOS, Rendered, copy_chart, merge, render, render_error
+from chart_render import (
+    CHART_DIR,
+    SCENARIOS,
+    Rendered,
+    copy_chart,
+    merge,
+    render,
+    render_error,
+    with_existing_secrets,
+)
 
 Get = Callable[[str], Rendered]
 
@@ -374,3 +384,97 @@ def _flatten(values: dict[str, Any]) -> list[str]:
     for v in values.values():
         out += _flatten(v) if isinstance(v, dict) else [v]
     return out
+
+
+# ---- 8. Likely mistakes are refused at render time ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "words", "fix"),
+    [
+        (
+            {"kibana": {"resources": {"requests": {"cpu": "1 core"}}}},
+            ["kibana.resources.requests.cpu", "500m"],
+            {"kibana": {"resources": {"requests": {"cpu": "1"}}}},
+        ),
+        (
+            {"elasticsearch": {"heapSize": "2g"}},
+            ["elasticsearch.heapSize", "elasticsearch.resources.limits.memory", "half"],
+            {"elasticsearch": {"heapSize": "1g"}},
+        ),
+        (
+            {"fluentd": {"daemonset": {"bufferTotalLimitSize": "4GB"}}},
+            ["fluentd.daemonset.bufferTotalLimitSize", "fluentd.daemonset.stateSizeLimit"],
+            {"fluentd": {"daemonset": {"stateSizeLimit": "5Gi"}}},
+        ),
+        (
+            {"fluentd": {"aggregator": {"stateSizeLimit": "512Mi"}}},
+            ["fluentd.aggregator.bufferTotalLimitSize", "fluentd.aggregator.stateSizeLimit"],
+            {"fluentd": {"aggregator": {"bufferTotalLimitSize": "256MB"}}},
+        ),
+    ],
+    ids=["cpu-words", "heap-near-limit", "tailer-buffer-over-volume", "aggregator-buffer"],
+)
+def test_likely_mistakes_fail_naming_value_and_fix(
+    bad: dict[str, Any], words: list[str], fix: dict[str, Any]
+) -> None:
+    message = render_error(bad)
+    for word in words:
+        assert word in message, f"{word!r} missing from: {message}"
+    assert render(merge(bad, fix)).objects
+
+
+def _with_running_elasticsearch(tmp: Path, replicas: int) -> Path:
+    chart = with_existing_secrets(copy_chart(tmp), [])
+    first = render({}, chart_dir=chart)
+    sts = first.get("StatefulSet", first.name("elasticsearch"))
+    sts["spec"]["replicas"] = replicas
+    return with_existing_secrets(chart, [sts])
+
+
+@pytest.mark.parametrize(("running", "wanted"), [(1, 3), (3, 1)])
+def test_elasticsearch_cannot_switch_between_single_and_multi_node_on_upgrade(
+    tmp_path: Path, running: int, wanted: int
+) -> None:
+    """Through the chart's lookup helper: the running StatefulSet's size decides."""
+    chart = _with_running_elasticsearch(tmp_path, running)
+    values = {"elasticsearch": {"replicas": wanted}}
+    message = render_error(values, chart_dir=chart, is_upgrade=True)
+    assert "elasticsearch.replicas" in message and f"elasticsearch.replicas={running}" in message
+    assert "PVC" in message
+    # Staying the same size renders; so does a fresh install (nothing running) of either size.
+    assert render({"elasticsearch": {"replicas": running}}, chart_dir=chart, is_upgrade=True)
+    assert render(values).objects
+
+
+def test_elasticsearch_can_grow_a_multi_node_cluster(tmp_path: Path) -> None:
+    chart = _with_running_elasticsearch(tmp_path, 3)
+    assert render({"elasticsearch": {"replicas": 5}}, chart_dir=chart, is_upgrade=True).objects
+
+
+def _patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return own + [p for k, v in node.items() if k != "pattern" for p in _patterns(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in _patterns(v)]
+    return []
+
+
+def test_every_schema_pattern_says_what_it_expects_in_words() -> None:
+    """Helm prints only the failing regex; each regex starts with a named group whose name says
+    in words what is expected (valid in Go's RE2 and ECMAScript regexes alike)."""
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    patterns = _patterns(schema)
+    assert len(patterns) > 40
+    for pattern in patterns:
+        m = re.match(r"\^\(\?<([A-Za-z0-9_]+)>", pattern)
+        assert m and len(m.group(1).split("_")) >= 3, pattern
+
+
+def test_a_pattern_error_reads_as_words() -> None:
+    chart = helm_python.Chart.load(str(CHART_DIR))
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        chart.validate_schema({"prometheus": {"persistence": {"size": "10GB"}}})
+    assert "Kubernetes_quantity_such_as_10Gi" in str(err.value)
+    assert "/prometheus/persistence/size" in str(err.value)

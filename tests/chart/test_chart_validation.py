@@ -142,6 +142,18 @@ CASES: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
         {"networkPolicy": {"prometheusScrapeFrom": [{"namespaceSelector": {}}]}},
     ),
     (
+        "memory-quantity-kubernetes-rejects",
+        {"prometheus": {"resources": {"limits": {"memory": "2GB"}}}},
+        ["prometheus.resources.limits.memory", '"2GB"', "2Gi", "2G"],
+        {"prometheus": {"resources": {"limits": {"memory": "2Gi"}}}},
+    ),
+    (
+        "retention-size-larger-than-volume",
+        {"prometheus": {"retentionSize": "12GB", "persistence": {"size": "10Gi"}}},
+        ["prometheus.retentionSize", "prometheus.persistence.size", "80%"],
+        {"prometheus": {"retentionSize": "8GB"}},
+    ),
+    (
         "scrape-timeout-longer-than-interval",
         {"prometheus": {"scrapeInterval": "15s", "scrapeTimeout": "1m"}},
         ["prometheus.scrapeTimeout", "prometheus.scrapeInterval"],

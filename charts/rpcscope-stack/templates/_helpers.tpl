@@ -216,11 +216,12 @@ Args: (dict "ctx" $ "runAsUser" 65534 "override" .Values.<component>.containerSe
 rpcscope-stack.lookupSecret: the existing Secret `name` in the release namespace as JSON ("{}" when
 absent or when rendering offline). Every `lookup` in the chart goes through this one template, so
 the upgrade-safety tests can substitute it (tests/chart) and exercise all the reuse logic below.
-Args: (dict "ctx" $ "name" "<secret name>")
+`kind`/`apiVersion` (default Secret, v1) look up another object, e.g. the running StatefulSet.
+Args: (dict "ctx" $ "name" "<secret name>" ["kind" "StatefulSet" "apiVersion" "apps/v1"])
 Use: $s := include "rpcscope-stack.lookupSecret" (dict ...) | fromJson
 */}}
 {{- define "rpcscope-stack.lookupSecret" -}}
-{{- $s := lookup "v1" "Secret" .ctx.Release.Namespace .name -}}
+{{- $s := lookup (.apiVersion | default "v1") (.kind | default "Secret") .ctx.Release.Namespace .name -}}
 {{- if $s -}}{{- toJson $s -}}{{- else -}}{}{{- end -}}
 {{- end -}}
 
