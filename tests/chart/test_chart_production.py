@@ -26,6 +26,7 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
+from chart_netpol import Endpoint, allowed
 from chart_render import (
     CHART_DIR,
     SCENARIOS,
@@ -478,3 +479,85 @@ def test_a_pattern_error_reads_as_words() -> None:
         chart.validate_schema({"prometheus": {"persistence": {"size": "10GB"}}})
     assert "Kubernetes_quantity_such_as_10Gi" in str(err.value)
     assert "/prometheus/persistence/size" in str(err.value)
+
+
+# ---- 2. NetworkPolicies follow what the chart itself configures -----------------------------
+
+
+def _pods(r: Rendered) -> dict[str, Endpoint]:
+    out = {}
+    for _obj, labels, spec in r.pods():
+        ports = tuple(
+            (p.get("name"), p["containerPort"], p.get("protocol", "TCP"))
+            for c in spec["containers"]
+            for p in c.get("ports", [])
+        )
+        comp = labels.get("app.kubernetes.io/component", "")
+        out[comp] = Endpoint(comp, r.namespace, labels, {}, "10.244.0.5", ports)
+    return out
+
+
+_OUTSIDE = Endpoint("outside", ip="198.51.100.7")
+
+
+def test_prometheus_may_reach_the_static_targets_it_is_configured_with() -> None:
+    r = render(
+        {
+            "prometheus": {
+                "extraScrapeConfigs": [
+                    {"job_name": "node", "static_configs": [{"targets": ["10.0.0.9:9100"]}]},
+                    {
+                        "job_name": "blackbox",
+                        "scheme": "https",
+                        "static_configs": [{"targets": ["probe.example.com"]}],
+                    },
+                ]
+            }
+        }
+    )
+    prom, policies = _pods(r)["prometheus"], r.of_kind("NetworkPolicy")
+    assert allowed(policies, prom, _OUTSIDE, (9100, "TCP"))
+    assert allowed(policies, prom, _OUTSIDE, (443, "TCP"))  # https without a port
+    assert not allowed(policies, prom, _OUTSIDE, (9101, "TCP"))
+
+
+def test_receiver_ports_come_from_the_receivers() -> None:
+    receivers = [
+        {"name": "hook", "webhook": {"url": "https://hooks.example.com:8443/alerts"}},
+        {
+            "name": "mail",
+            "email": {"to": "a@example.com", "from": "b@example.com", "smarthost": "smtp:2525"},
+        },
+    ]
+    r = render({"alertmanager": {"receivers": receivers}})
+    am, policies = _pods(r)["alertmanager"], r.of_kind("NetworkPolicy")
+    for port in (8443, 2525, 443, 587):
+        assert allowed(policies, am, _OUTSIDE, (port, "TCP")), port
+    assert not allowed(policies, am, _OUTSIDE, (8080, "TCP"))
+
+
+def test_grafana_may_reach_its_sso_provider_and_smtp_server_only_when_configured() -> None:
+    plain = render({})
+    grafana = _pods(plain)["grafana"]
+    assert not allowed(plain.of_kind("NetworkPolicy"), grafana, _OUTSIDE, (443, "TCP"))
+    ini = {
+        "auth.generic_oauth": {
+            "enabled": True,
+            "auth_url": "https://sso.example.com/authorize",
+            "token_url": "https://sso.example.com:8443/token",
+        },
+        "smtp": {"enabled": True, "host": "smtp.example.com:587"},
+    }
+    r = render(
+        {
+            "grafana": {"grafana.ini": ini},
+            "networkPolicy": {
+                "grafanaEgress": {"to": [{"ipBlock": {"cidr": "198.51.100.0/24"}}], "ports": [636]}
+            },
+        }
+    )
+    policies = r.of_kind("NetworkPolicy")
+    for port in (443, 8443, 587, 636):
+        assert allowed(policies, grafana, _OUTSIDE, (port, "TCP")), port
+    elsewhere = Endpoint("elsewhere", ip="203.0.113.9")
+    assert not allowed(policies, grafana, elsewhere, (443, "TCP"))
