@@ -111,6 +111,52 @@ RECEIVERS: list[dict[str, Any]] = [
     },
 ]
 
+#: Per-component extension points (issue 17): every workload's values section gets these.
+_COMPONENT_SECTIONS = [
+    ("prometheus",),
+    ("alertmanager",),
+    ("grafana",),
+    ("elasticsearch",),
+    ("kibana",),
+    ("fluentd", "daemonset"),
+    ("fluentd", "aggregator"),
+    ("elasticsearchExporter",),
+]
+
+
+def _per_component(path: tuple[str, ...]) -> dict[str, Any]:
+    extras: dict[str, Any] = {
+        "podLabels": {"team": "observability"},
+        "priorityClassName": "observability-high",
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"team": "observability"}},
+            }
+        ],
+        "extraEnv": [
+            {"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"},
+            {
+                "name": "CORP_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "corp-token", "key": "token"}},
+            },
+        ],
+        "extraVolumes": [{"name": "corp-ca-bundle", "configMap": {"name": "corp-ca-bundle"}}],
+        "extraVolumeMounts": [
+            {"name": "corp-ca-bundle", "mountPath": "/etc/corp-ca", "readOnly": True}
+        ],
+        "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "obs@p.iam"}},
+    }
+    out: dict[str, Any] = extras
+    for key in reversed(path):
+        out = {key: out}
+    return out
+
+
+EXTENSIONS: dict[str, Any] = merge(*(_per_component(p) for p in _COMPONENT_SECTIONS))
+
 SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "prometheus-only": merge(
@@ -194,6 +240,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "extensions": EXTENSIONS,
     "no-persistence-no-netpol": {
         "prometheus": {"persistence": {"enabled": False}},
         "alertmanager": {"persistence": {"enabled": False}},

@@ -561,3 +561,48 @@ def test_grafana_may_reach_its_sso_provider_and_smtp_server_only_when_configured
         assert allowed(policies, grafana, _OUTSIDE, (port, "TCP")), port
     elsewhere = Endpoint("elsewhere", ip="203.0.113.9")
     assert not allowed(policies, grafana, elsewhere, (443, "TCP"))
+
+
+# ---- Extension points -----------------------------------------------------------------------
+
+
+def test_every_workload_takes_the_per_component_extensions(rendered: Get) -> None:
+    r = rendered("extensions")
+    checked = set()
+    for obj, labels, spec in r.pods():
+        component = labels.get("app.kubernetes.io/component", "")
+        if obj["kind"] not in ("Deployment", "StatefulSet", "DaemonSet"):
+            continue
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert labels["team"] == "observability", where
+        assert spec["priorityClassName"] == "observability-high", where
+        assert spec["topologySpreadConstraints"][0]["maxSkew"] == 1, where
+        main = spec["containers"][0]
+        env = {e["name"]: e for e in main["env"]}
+        assert env["CORP_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "corp-token", where
+        assert "HTTPS_PROXY" in env, where
+        assert {"name": "corp-ca-bundle", "configMap": {"name": "corp-ca-bundle"}} in spec[
+            "volumes"
+        ], where
+        assert any(m["mountPath"] == "/etc/corp-ca" for m in main["volumeMounts"]), where
+        sa = r.get("ServiceAccount", spec["serviceAccountName"])
+        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == "obs@p.iam"
+        checked.add(component)
+    assert checked == {
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "elasticsearch",
+        "kibana",
+        "fluentd",
+        "fluentd-aggregator",
+        "elasticsearch-exporter",
+    }
+
+
+def test_pod_labels_cannot_override_the_selector() -> None:
+    r = render({"grafana": {"podLabels": {"app.kubernetes.io/component": "other", "x": "y"}}})
+    dep = r.get("Deployment", r.name("grafana"))
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "grafana" and labels["x"] == "y"
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()

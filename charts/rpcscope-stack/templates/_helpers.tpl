@@ -108,6 +108,21 @@ Args: (dict "ctx" $ "component" "<component>" "extra" .Values.<component>.podLab
 {{- end -}}
 
 {{/*
+rpcscope-stack.podSpecExtras: the pod-spec fields every component takes from its values section
+(render with nindent 6 right after automountServiceAccountToken): priorityClassName and
+topologySpreadConstraints. Args: the component's values section.
+*/}}
+{{- define "rpcscope-stack.podSpecExtras" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
 rpcscope-stack.configChecksum: the checksum/config annotation value of a ConfigMap template: a
 hash of its `data` only, so labels that carry the chart version do not restart pods.
 Args: (dict "ctx" $ "template" "/kibana/configmap.yaml")
