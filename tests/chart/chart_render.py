@@ -39,6 +39,8 @@ CLUSTER_SCOPED = frozenset({"ClusterRole", "ClusterRoleBinding", "Namespace", "P
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"})
 #: Kinds from the Prometheus Operator CRDs; not in the Kubernetes OpenAPI schemas.
 OPERATOR_KINDS = frozenset({"ServiceMonitor", "PodMonitor", "PrometheusRule"})
+#: Every CRD kind the chart can render (not in the Kubernetes OpenAPI schemas).
+CRD_KINDS = OPERATOR_KINDS | {"HTTPRoute"}
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,10 +140,7 @@ def _per_component(path: tuple[str, ...]) -> dict[str, Any]:
         ],
         "extraEnv": [
             {"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"},
-            {
-                "name": "CORP_TOKEN",
-                "valueFrom": {"secretKeyRef": {"name": "corp-token", "key": "token"}},
-            },
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         ],
         "extraVolumes": [{"name": "corp-ca-bundle", "configMap": {"name": "corp-ca-bundle"}}],
         "extraVolumeMounts": [
@@ -155,7 +154,34 @@ def _per_component(path: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-EXTENSIONS: dict[str, Any] = merge(*(_per_component(p) for p in _COMPONENT_SECTIONS))
+def _exposed(component: str) -> dict[str, Any]:
+    host = f"{component}.example.com"
+    return {
+        component: {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "annotations": {"cert-manager.io/cluster-issuer": "corp"},
+                "hosts": [host],
+                "tls": [{"secretName": f"{component}-web-tls", "hosts": [host]}],
+            },
+            "httpRoute": {
+                "enabled": True,
+                "parentRefs": [{"name": "public", "namespace": "gateways", "sectionName": "https"}],
+                "hostnames": [host],
+            },
+        }
+    }
+
+
+#: Where the ingress controller / gateway pods run, in the extension scenario.
+INGRESS_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+
+EXTENSIONS: dict[str, Any] = merge(
+    *(_per_component(p) for p in _COMPONENT_SECTIONS),
+    *(_exposed(c) for c in ("grafana", "prometheus", "alertmanager", "kibana")),
+    {"networkPolicy": {"ingressController": {"from": [INGRESS_PEER]}}},
+)
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},

@@ -579,7 +579,7 @@ def test_every_workload_takes_the_per_component_extensions(rendered: Get) -> Non
         assert spec["topologySpreadConstraints"][0]["maxSkew"] == 1, where
         main = spec["containers"][0]
         env = {e["name"]: e for e in main["env"]}
-        assert env["CORP_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "corp-token", where
+        assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName", where
         assert "HTTPS_PROXY" in env, where
         assert {"name": "corp-ca-bundle", "configMap": {"name": "corp-ca-bundle"}} in spec[
             "volumes"
@@ -606,3 +606,66 @@ def test_pod_labels_cannot_override_the_selector() -> None:
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "grafana" and labels["x"] == "y"
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+_EXPOSED = {"grafana": 3000, "prometheus": 9090, "alertmanager": 9093, "kibana": 5601}
+
+
+def test_ingresses_route_each_host_to_its_service(rendered: Get) -> None:
+    r = rendered("extensions")
+    services = {s["metadata"]["name"]: s for s in r.of_kind("Service")}
+    for component, port in _EXPOSED.items():
+        ing = r.get("Ingress", r.name(component))
+        spec = ing["spec"]
+        assert spec["ingressClassName"] == "nginx"
+        assert ing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "corp"
+        assert spec["tls"] == [
+            {"secretName": f"{component}-web-tls", "hosts": [f"{component}.example.com"]}
+        ]
+        (rule,) = spec["rules"]
+        assert rule["host"] == f"{component}.example.com"
+        backend = rule["http"]["paths"][0]["backend"]["service"]
+        svc = services[backend["name"]]
+        assert backend["port"]["number"] == port
+        assert port in [p["port"] for p in svc["spec"]["ports"]]
+
+
+def test_httproutes_have_the_documented_shape(rendered: Get) -> None:
+    """HTTPRoute is a CRD (not in kubernetes-validate's schemas): check the fields against the
+    Gateway API v1 reference (spec.parentRefs, hostnames, rules[].matches/backendRefs)."""
+    r = rendered("extensions")
+    routes = r.of_kind("HTTPRoute")
+    assert {rt["metadata"]["name"] for rt in routes} == {r.name(c) for c in _EXPOSED}
+    for rt in routes:
+        assert rt["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert set(rt["spec"]) == {"parentRefs", "hostnames", "rules"}
+        assert rt["spec"]["parentRefs"][0] == {
+            "name": "public",
+            "namespace": "gateways",
+            "sectionName": "https",
+        }
+        (rule,) = rt["spec"]["rules"]
+        assert set(rule) == {"matches", "backendRefs"}
+        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+        (ref,) = rule["backendRefs"]
+        component = rt["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert ref == {"name": r.name(component), "port": _EXPOSED[component]}
+
+
+def test_ingress_controller_reaches_exactly_the_exposed_components(rendered: Get) -> None:
+    controller = Endpoint(
+        "ingress",
+        "ingress",
+        {"app": "ingress-nginx"},
+        {"kubernetes.io/metadata.name": "ingress"},
+        "10.244.8.1",
+    )
+    r = rendered("extensions")
+    pods, policies = _pods(r), r.of_kind("NetworkPolicy")
+    for component, port in _EXPOSED.items():
+        assert allowed(policies, controller, pods[component], (port, "TCP")), component
+    assert not allowed(policies, controller, pods["elasticsearch"], (9200, "TCP"))
+    plain = rendered("defaults")
+    pods, policies = _pods(plain), plain.of_kind("NetworkPolicy")
+    for component, port in _EXPOSED.items():
+        assert not allowed(policies, controller, pods[component], (port, "TCP")), component

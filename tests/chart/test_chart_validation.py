@@ -154,6 +154,12 @@ CASES: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
         {"prometheus": {"retentionSize": "8GB"}},
     ),
     (
+        "exposed-ui-blocked-by-networkpolicy",
+        {"grafana": {"ingress": {"enabled": True, "hosts": ["grafana.example.com"]}}},
+        ["grafana.ingress", "networkPolicy.ingressController.from"],
+        {"networkPolicy": {"ingressController": {"from": [{"namespaceSelector": {}}]}}},
+    ),
+    (
         "scrape-timeout-longer-than-interval",
         {"prometheus": {"scrapeInterval": "15s", "scrapeTimeout": "1m"}},
         ["prometheus.scrapeTimeout", "prometheus.scrapeInterval"],

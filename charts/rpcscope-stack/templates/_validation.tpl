@@ -95,6 +95,15 @@ which unit was meant, so the message names the value and the two spellings that 
 {{- end -}}
 {{- end -}}
 
+{{- /* An exposed UI behind default-deny NetworkPolicies needs the controller's peers. */ -}}
+{{- if and $v.networkPolicy.enabled (not $v.networkPolicy.ingressController.from) -}}
+{{- range $c := list "grafana" "prometheus" "alertmanager" "kibana" -}}
+{{- if include "rpcscope-stack.exposure.enabled" (dict "ctx" $ "component" $c) -}}
+{{- fail (printf "%s.ingress or %s.httpRoute is enabled, but the NetworkPolicies would block your Ingress controller or Gateway (every request a 502/504): set networkPolicy.ingressController.from to its peers, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}], or networkPolicy.enabled=false" $c $c) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- /* Prometheus timeouts: a timeout longer than the interval is rejected by Prometheus at start. */ -}}
 {{- if $v.prometheus.enabled -}}
 {{- $i := include "rpcscope-stack.durationSeconds" $v.prometheus.scrapeInterval | float64 -}}
