@@ -181,6 +181,50 @@ EXTENSIONS: dict[str, Any] = merge(
     *(_per_component(p) for p in _COMPONENT_SECTIONS),
     *(_exposed(c) for c in ("grafana", "prometheus", "alertmanager", "kibana")),
     {"networkPolicy": {"ingressController": {"from": [INGRESS_PEER]}}},
+    {
+        "prometheus": {
+            "remoteWrite": [
+                {
+                    "url": "https://mimir.example.com/api/v1/push",
+                    "name": "mimir",
+                    "basicAuth": {
+                        "username": "tenant-1",
+                        "passwordSecret": {"secretName": "mimir-auth", "key": "password"},
+                    },
+                    "caSecret": {"secretName": "mimir-ca", "key": "ca.crt"},
+                    "headers": {"X-Scope-OrgID": "tenant-1"},
+                    "writeRelabelConfigs": [
+                        {"source_labels": ["__name__"], "regex": "go_.*", "action": "drop"}
+                    ],
+                    "queueConfig": {"max_samples_per_send": 2000},
+                },
+                {
+                    "url": "http://thanos-receive.thanos:19291/api/v1/receive",
+                    "bearerTokenSecret": {"secretName": "thanos-token", "key": "token"},
+                },
+            ],
+            "extraRules": {
+                "shop": [
+                    {
+                        "name": "shop.rules",
+                        "rules": [
+                            {
+                                "record": "shop:grpc_requests:rate5m",
+                                "expr": "sum(rate(grpc_server_handled_total[5m]))",
+                            },
+                            {
+                                "alert": "ShopDown",
+                                "expr": 'absent(up{job="shop"} == 1)',
+                                "for": "5m",
+                                "labels": {"severity": "critical"},
+                                "annotations": {"summary": "shop is down"},
+                            },
+                        ],
+                    }
+                ]
+            },
+        }
+    },
 )
 
 SCENARIOS: dict[str, dict[str, Any]] = {

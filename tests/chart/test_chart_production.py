@@ -37,6 +37,7 @@ from chart_render import (
     render_error,
     with_existing_secrets,
 )
+from test_chart_configs import promtool_check_config
 
 Get = Callable[[str], Rendered]
 
@@ -669,3 +670,65 @@ def test_ingress_controller_reaches_exactly_the_exposed_components(rendered: Get
     pods, policies = _pods(plain), plain.of_kind("NetworkPolicy")
     for component, port in _EXPOSED.items():
         assert not allowed(policies, controller, pods[component], (port, "TCP")), component
+
+
+def test_remote_write_reads_credentials_from_mounted_secrets(
+    rendered: Get, promtool: str, tmp_path: Path
+) -> None:
+    r = rendered("extensions")
+    text = r.configmap_data(r.name("prometheus"), "prometheus.yml")
+    cfg = yaml.safe_load(text)
+    mimir, thanos = cfg["remote_write"]
+    assert mimir["basic_auth"] == {
+        "username": "tenant-1",
+        "password_file": "/etc/prometheus/secrets/mimir-auth/password",
+    }
+    assert mimir["tls_config"]["ca_file"] == "/etc/prometheus/secrets/mimir-ca/ca.crt"
+    assert (
+        thanos["authorization"]["credentials_file"] == "/etc/prometheus/secrets/thanos-token/token"
+    )
+    spec = r.get("StatefulSet", r.name("prometheus"))["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: volumes.get(m["name"]) for m in spec["containers"][0]["volumeMounts"]}
+    for secret in ("mimir-auth", "mimir-ca", "thanos-token"):
+        assert mounts[f"/etc/prometheus/secrets/{secret}"]["secret"]["secretName"] == secret
+    promtool_check_config(promtool, text, tmp_path)
+    # ... and the NetworkPolicy lets Prometheus reach both receivers.
+    prom, policies = _pods(r)["prometheus"], r.of_kind("NetworkPolicy")
+    assert allowed(policies, prom, _OUTSIDE, (443, "TCP"))
+    assert allowed(policies, prom, _OUTSIDE, (19291, "TCP"))
+
+
+def test_user_rules_reach_prometheus_and_pass_promtool(
+    rendered: Get, promtool: str, tmp_path: Path
+) -> None:
+    r = rendered("extensions")
+    rules = r.configmap_data(r.name("prometheus") + "-rules", "user-shop.yaml")
+    (tmp_path / "user-shop.yaml").write_text(rules)
+    res = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "user-shop.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 rules found" in res.stdout
+    broken = render(
+        {
+            "prometheus": {
+                "extraRules": {"bad": [{"name": "g", "rules": [{"record": "x", "expr": "sum(("}]}]}
+            }
+        }
+    )
+    (tmp_path / "bad.yaml").write_text(
+        broken.configmap_data(broken.name("prometheus") + "-rules", "user-bad.yaml")
+    )
+    res = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "bad.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode != 0
