@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
+import kubernetes_validate
 import pytest
 import yaml
 from chart_netpol import Endpoint, allowed
@@ -732,3 +733,22 @@ def test_user_rules_reach_prometheus_and_pass_promtool(
         check=False,
     )
     assert res.returncode != 0
+
+
+def test_alertmanager_can_take_its_whole_config_from_a_secret() -> None:
+    r = render({"alertmanager": {"existingConfigSecret": "am-config"}})
+    assert r.find("ConfigMap", r.name("alertmanager")) is None
+    spec = r.get("StatefulSet", r.name("alertmanager"))["spec"]["template"]["spec"]
+    config = next(v for v in spec["volumes"] if v["name"] == "config")
+    assert config["secret"] == {
+        "secretName": "am-config",
+        "items": [{"key": "alertmanager.yml", "path": "alertmanager.yml"}],
+    }
+    args = spec["containers"][0]["args"]
+    assert "--config.file=/etc/alertmanager/config/alertmanager.yml" in args
+    # Receivers live in the Secret: notification egress follows networkPolicy.alertmanagerReceivers.
+    am, policies = _pods(r)["alertmanager"], r.of_kind("NetworkPolicy")
+    assert allowed(policies, am, _OUTSIDE, (443, "TCP"))
+    kubernetes_validate.validate(
+        r.get("StatefulSet", r.name("alertmanager")), "1.29.0", strict=True
+    )

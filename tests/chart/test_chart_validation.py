@@ -160,6 +160,17 @@ CASES: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
         {"networkPolicy": {"ingressController": {"from": [{"namespaceSelector": {}}]}}},
     ),
     (
+        "alertmanager-config-secret-and-receivers",
+        {
+            "alertmanager": {
+                "existingConfigSecret": "am-config",
+                "receivers": [{"name": "hooks", "webhook": {"url": "https://hooks.example.com"}}],
+            }
+        },
+        ["alertmanager.existingConfigSecret", "alertmanager.receivers"],
+        {"alertmanager": {"receivers": []}},
+    ),
+    (
         "scrape-timeout-longer-than-interval",
         {"prometheus": {"scrapeInterval": "15s", "scrapeTimeout": "1m"}},
         ["prometheus.scrapeTimeout", "prometheus.scrapeInterval"],

@@ -42,7 +42,10 @@ longer prefix would be truncated into colliding names, so refuse it up front. */
 {{- end -}}
 
 {{- /* Alertmanager routes must name receivers that exist (Alertmanager would crash-loop). */ -}}
-{{- if $v.alertmanager.enabled -}}
+{{- if and $v.alertmanager.enabled $v.alertmanager.existingConfigSecret $v.alertmanager.receivers -}}
+{{- fail "alertmanager.existingConfigSecret replaces the whole Alertmanager configuration, so alertmanager.receivers would be ignored: put your receivers into that Secret's alertmanager.yml and set alertmanager.receivers=[] (or leave existingConfigSecret empty)" -}}
+{{- end -}}
+{{- if and $v.alertmanager.enabled (not $v.alertmanager.existingConfigSecret) -}}
 {{- $names := list "null" -}}
 {{- range $v.alertmanager.receivers -}}
 {{- if has .name $names -}}
