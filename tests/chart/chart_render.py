@@ -182,6 +182,31 @@ EXTENSIONS: dict[str, Any] = merge(
     *(_exposed(c) for c in ("grafana", "prometheus", "alertmanager", "kibana")),
     {"networkPolicy": {"ingressController": {"from": [INGRESS_PEER]}}},
     {
+        "grafana": {
+            "plugins": ["grafana-polystat-panel", "marcusolsson-json-datasource@1.3.24"],
+            "oidc": {
+                "enabled": True,
+                "clientId": "grafana",
+                "clientSecret": {"secretName": "grafana-oidc", "key": "client-secret"},
+                "authUrl": "https://sso.example.com/realms/corp/protocol/openid-connect/auth",
+                "tokenUrl": "https://sso.example.com/realms/corp/protocol/openid-connect/token",
+                "apiUrl": "https://sso.example.com/realms/corp/protocol/openid-connect/userinfo",
+                "roleAttributePath": "contains(groups[*], 'sre') && 'Admin' || 'Viewer'",
+            },
+            "datasources": {
+                "extra": [
+                    {
+                        "name": "Tempo",
+                        "type": "tempo",
+                        "uid": "tempo",
+                        "url": "http://tempo.tracing:3200",
+                        "access": "proxy",
+                    }
+                ]
+            },
+        }
+    },
+    {
         "prometheus": {
             "remoteWrite": [
                 {

@@ -10,6 +10,7 @@ the chart's own generated Elasticsearch certificate.
 from __future__ import annotations
 
 import base64
+import configparser
 import fnmatch
 import json
 import re
@@ -752,3 +753,37 @@ def test_alertmanager_can_take_its_whole_config_from_a_secret() -> None:
     kubernetes_validate.validate(
         r.get("StatefulSet", r.name("alertmanager")), "1.29.0", strict=True
     )
+
+
+def _ini(r: Rendered) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(r.configmap_data(r.name("grafana"), "grafana.ini"))
+    return {s: dict(parser[s]) for s in parser.sections()}
+
+
+def test_grafana_sso_reads_its_client_secret_from_a_mounted_secret(rendered: Get) -> None:
+    r = rendered("extensions")
+    oauth = _ini(r)["auth.generic_oauth"]
+    assert oauth["enabled"] == "true" and oauth["client_id"] == "grafana"
+    assert oauth["client_secret"] == "$__file{/etc/grafana/secrets/oidc/client-secret}"
+    assert oauth["role_attribute_path"].startswith("contains(groups")
+    spec = r.get("Deployment", r.name("grafana"))["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "oidc")
+    assert volume["secret"]["secretName"] == "grafana-oidc"
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "oidc")
+    assert mount["mountPath"] == "/etc/grafana/secrets/oidc" and mount["readOnly"] is True
+    assert "grafana-oidc" not in json.dumps(r.get("ConfigMap", r.name("grafana"))["data"])
+
+
+def test_grafana_plugins_and_extra_datasources(rendered: Get) -> None:
+    r = rendered("extensions")
+    plugins = _ini(r)["plugins"]
+    assert plugins["preinstall_disabled"] == "false"
+    assert plugins["preinstall"] == "grafana-polystat-panel,marcusolsson-json-datasource@1.3.24"
+    ds = yaml.safe_load(r.configmap_data(r.name("grafana"), "datasources.yaml"))["datasources"]
+    assert [d["uid"] for d in ds] == ["prometheus", "alertmanager", "elasticsearch", "tempo"]
+    # Plugin downloads and the SSO provider get egress on 443 only because they are configured.
+    grafana, policies = _pods(r)["grafana"], r.of_kind("NetworkPolicy")
+    assert allowed(policies, grafana, _OUTSIDE, (443, "TCP"))
+    assert not allowed(policies, grafana, _OUTSIDE, (80, "TCP"))
+    assert _ini(rendered("defaults"))["plugins"] == {"preinstall_disabled": "true"}

@@ -171,6 +171,20 @@ CASES: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
         {"alertmanager": {"receivers": []}},
     ),
     (
+        "grafana-oidc-half-configured",
+        {"grafana": {"oidc": {"enabled": True, "clientId": "grafana"}}},
+        ["grafana.oidc.clientSecret.secretName", "grafana.oidc.authUrl"],
+        {
+            "grafana": {
+                "oidc": {
+                    "clientSecret": {"secretName": "oidc"},
+                    "authUrl": "https://sso.example.com/auth",
+                    "tokenUrl": "https://sso.example.com/token",
+                }
+            }
+        },
+    ),
+    (
         "scrape-timeout-longer-than-interval",
         {"prometheus": {"scrapeInterval": "15s", "scrapeTimeout": "1m"}},
         ["prometheus.scrapeTimeout", "prometheus.scrapeInterval"],

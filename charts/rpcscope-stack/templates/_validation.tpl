@@ -36,6 +36,11 @@ longer prefix would be truncated into colliding names, so refuse it up front. */
 {{- fail "elasticsearch.external.url is set without credentials: set elasticsearch.external.credentialsSecret to a Secret with `username` and `password` keys" -}}
 {{- end -}}
 
+{{- /* SSO needs its endpoints and a client secret from a Secret; an empty one fails every login. */ -}}
+{{- if and $v.grafana.enabled $v.grafana.oidc.enabled (not (and $v.grafana.oidc.clientId $v.grafana.oidc.clientSecret.secretName $v.grafana.oidc.authUrl $v.grafana.oidc.tokenUrl)) -}}
+{{- fail "grafana.oidc.enabled needs grafana.oidc.clientId, grafana.oidc.clientSecret.secretName (an existing Secret with the client secret), grafana.oidc.authUrl and grafana.oidc.tokenUrl (apiUrl too, unless the ID token carries the claims): set them, or grafana.oidc.enabled=false" -}}
+{{- end -}}
+
 {{- /* Grafana on SQLite cannot run more than one replica against one ReadWriteOnce volume. */ -}}
 {{- if and $v.grafana.enabled (gt (int $v.grafana.replicas) 1) $v.grafana.persistence.enabled -}}
 {{- fail "grafana.replicas > 1 with grafana.persistence.enabled: SQLite on one ReadWriteOnce volume cannot be shared. Set grafana.replicas=1, or configure an external database in grafana.grafana.ini (section `database`) and set grafana.persistence.enabled=false" -}}

@@ -110,8 +110,9 @@ from grafana.ini (the SMTP server's `smtp.host` port when `smtp.enabled`; for ev
 networkPolicy.grafanaEgress.ports, as a JSON list. Args: $
 */}}
 {{- define "rpcscope-stack.np.grafanaExternalPorts" -}}
-{{- $ini := index .Values.grafana "grafana.ini" -}}
+{{- $ini := include "rpcscope-stack.grafana.iniValues" . | fromJson -}}
 {{- $ports := list -}}
+{{- if .Values.grafana.plugins }}{{ $ports = append $ports 443 }}{{ end -}}
 {{- range .Values.networkPolicy.grafanaEgress.ports }}{{ $ports = append $ports (int .) }}{{ end -}}
 {{- $smtp := get $ini "smtp" | default dict -}}
 {{- if eq (toString (get $smtp "enabled")) "true" -}}
