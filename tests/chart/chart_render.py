@@ -184,6 +184,7 @@ EXTENSIONS: dict[str, Any] = merge(
     {
         "grafana": {
             "plugins": ["grafana-polystat-panel", "marcusolsson-json-datasource@1.3.24"],
+            "dashboards": {"sidecar": {"enabled": True, "namespaces": ["shop", "payments"]}},
             "oidc": {
                 "enabled": True,
                 "clientId": "grafana",

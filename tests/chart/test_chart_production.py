@@ -787,3 +787,35 @@ def test_grafana_plugins_and_extra_datasources(rendered: Get) -> None:
     assert allowed(policies, grafana, _OUTSIDE, (443, "TCP"))
     assert not allowed(policies, grafana, _OUTSIDE, (80, "TCP"))
     assert _ini(rendered("defaults"))["plugins"] == {"preinstall_disabled": "true"}
+
+
+def test_dashboard_sidecar_alone_gets_an_api_token_and_read_only_rbac(rendered: Get) -> None:
+    r = rendered("extensions")
+    spec = r.get("Deployment", r.name("grafana"))["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    containers = {c["name"]: c for c in spec["containers"]}
+    token_path = "/var/run/secrets/kubernetes.io/serviceaccount"
+    sidecar_mounts = {
+        m["mountPath"]: m["name"] for m in containers["dashboard-sidecar"]["volumeMounts"]
+    }
+    grafana_mounts = {m["mountPath"]: m["name"] for m in containers["grafana"]["volumeMounts"]}
+    assert token_path in sidecar_mounts and token_path not in grafana_mounts
+    # What the sidecar writes, Grafana provisions from.
+    shared = sidecar_mounts["/var/lib/grafana-sidecar-dashboards"]
+    assert grafana_mounts["/var/lib/grafana-sidecar-dashboards"] == shared
+    providers = yaml.safe_load(r.configmap_data(r.name("grafana"), "dashboards.yaml"))["providers"]
+    assert {"path": "/var/lib/grafana-sidecar-dashboards"} in [p["options"] for p in providers]
+    env = {e["name"]: e["value"] for e in containers["dashboard-sidecar"]["env"]}
+    assert env["LABEL"] == "grafana_dashboard" and env["NAMESPACE"] == "shop,payments"
+    roles = [o for o in r.of_kind("Role") if o["metadata"]["name"].endswith("-dashboards")]
+    assert sorted(o["metadata"]["namespace"] for o in roles) == ["payments", "shop"]
+    for role in roles:
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}
+        ]
+    # ... and Grafana's pod may reach the API server (the sidecar's watch).
+    grafana = _pods(r)["grafana"]
+    api = Endpoint("kube-api", ip="10.96.0.1")
+    assert allowed(r.of_kind("NetworkPolicy"), grafana, api, (443, "TCP"))
+    plain = rendered("defaults")
+    assert not allowed(plain.of_kind("NetworkPolicy"), _pods(plain)["grafana"], api, (443, "TCP"))

@@ -46,6 +46,8 @@ METRICS_PORTS = {
 #: Init containers that run as root (and why): the kubelet creates a missing hostPath directory
 #: as root 0755, so the tailer's uid could not write its tail positions there.
 ROOT_INIT_CONTAINERS = {("fluentd", "positions-dir"): "chown the tail-positions hostPath"}
+#: Long-running containers without a port to probe (and why).
+NO_PORT_CONTAINERS = {"dashboard-sidecar": "watches ConfigMaps and writes files; serves nothing"}
 #: Components that need a Kubernetes API token (and why).
 NEEDS_API_TOKEN = {
     "prometheus": "kubernetes_sd_configs discovery",
@@ -150,7 +152,11 @@ def test_every_container_has_resources_probes_and_a_pinned_image(
             image = c["image"]
             tag = image.rsplit("/", 1)[-1].split("@")[0]
             assert ":" in tag and not tag.endswith(":latest"), f"{where}: unpinned {image}"
-            if obj["kind"] not in ONE_SHOT_KINDS and c in spec["containers"]:
+            if (
+                obj["kind"] not in ONE_SHOT_KINDS
+                and c in spec["containers"]
+                and c["name"] not in NO_PORT_CONTAINERS
+            ):
                 assert "readinessProbe" in c and "livenessProbe" in c, where
 
 
