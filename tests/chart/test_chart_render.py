@@ -94,7 +94,7 @@ def test_defaults_run_every_component(rendered: Get) -> None:
 
 
 @pytest.mark.parametrize(
-    "scenario", ["defaults", "all-on", "external-es", "fluentd-only", "multi-node-es"]
+    "scenario", ["defaults", "all-on", "external-es", "fluentd-only", "multi-node-es", "extensions"]
 )
 def test_helm_lint_is_clean(scenario: str) -> None:
     report = helm_python.lint(str(CHART_DIR), SCENARIOS[scenario], strict=True, namespace=NAMESPACE)
