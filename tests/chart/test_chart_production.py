@@ -17,6 +17,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -819,3 +820,73 @@ def test_dashboard_sidecar_alone_gets_an_api_token_and_read_only_rbac(rendered: 
     assert allowed(r.of_kind("NetworkPolicy"), grafana, api, (443, "TCP"))
     plain = rendered("defaults")
     assert not allowed(plain.of_kind("NetworkPolicy"), _pods(plain)["grafana"], api, (443, "TCP"))
+
+
+# ---- 6b. ... and the pods it is told to, by label ------------------------------------------------
+
+
+def _mounted_fluentd_config(r: Rendered, tmp: Path) -> Path:
+    """The tailer's config directory as the pod sees it (ConfigMap keys -> paths)."""
+    data = r.get("ConfigMap", r.name("fluentd") + "-config")["data"]
+    for key, text in data.items():
+        path = tmp / key.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp / "daemonset.conf"
+
+
+def _grep_keeps(grep: Any, record: dict[str, Any]) -> bool:
+    """fluent-plugin grep's documented semantics: every <regexp> must match the value at its
+    record_accessor key (a missing key does not match), any matching <exclude> drops."""
+
+    def value(key: str) -> str | None:
+        node: Any = record
+        for part in re.findall(r"\['([^']*)'\]", key):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return str(node)
+
+    def hit(section: Any) -> bool:
+        v = value(section.params["key"])
+        return v is not None and re.search(section.params["pattern"].strip("/"), v) is not None
+
+    sections = grep.children
+    keep = all(hit(s) for s in sections if s.name == "regexp")
+    return keep and not any(hit(s) for s in sections if s.name == "exclude")
+
+
+def _pod_record(**labels: str) -> dict[str, Any]:
+    return {"message": "x", "kubernetes": {"namespace_name": "shop", "labels": labels}}
+
+
+def test_tailer_selects_pods_by_label_after_kubernetes_metadata(tmp_path: Path) -> None:
+    sys.path.insert(0, str(CHART_DIR.parents[1] / "tests" / "fluentd"))
+    from fluentd_checks import all_problems
+    from fluentd_conf import parse_file
+
+    selector = {
+        "matchLabels": {"app.kubernetes.io/part-of": "shop"},
+        "excludeLabels": {"rpcscope.io/logs": "false"},
+    }
+    r = render({"fluentd": {"daemonset": {"podSelector": selector}}})
+    root = parse_file(_mounted_fluentd_config(r, tmp_path))
+    assert all_problems(root) == []
+    filters = [d for d in root.walk() if d.name == "filter"]
+    ids = [d.params.get("@id") for d in filters]
+    # After the metadata is attached, before it is mapped to ECS and removed.
+    assert ids.index("filter_kubernetes_metadata") < ids.index("filter_select_pods")
+    assert ids.index("filter_select_pods") < ids.index("filter_kubernetes_to_ecs")
+    grep = filters[ids.index("filter_select_pods")]
+    assert grep.type == "grep"
+    # kubernetes_metadata stores label keys de-dotted: app.kubernetes.io/x -> app_kubernetes_io/x.
+    assert _grep_keeps(grep, _pod_record(**{"app_kubernetes_io/part-of": "shop"}))
+    assert not _grep_keeps(grep, _pod_record(**{"app_kubernetes_io/part-of": "shopx"}))
+    assert not _grep_keeps(grep, _pod_record(team="shop"))
+    opted_out = {"app_kubernetes_io/part-of": "shop", "rpcscope_io/logs": "false"}
+    assert not _grep_keeps(grep, _pod_record(**opted_out))
+    # Without a selector the file is fluentd-config's empty default: nothing filtered.
+    plain = render({})
+    default = plain.configmap_data(plain.name("fluentd") + "-config", "conf.d__select-pods.conf")
+    assert default == (CHART_DIR.parents[1] / "fluentd-config/conf.d/select-pods.conf").read_text()
+    assert "filter_select_pods" not in default.replace("# ", "")
