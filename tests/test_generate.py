@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ("tools", "dashboards", "src", "alerts", "fluentd-config", "charts/rpcscope-stack/files",
-          "docs")
+COPIED = ("tools", "dashboards", "src", "alerts", "fluentd-config", "charts/rpcscope-stack",
+          "docs", "examples/demo-values.yaml")
 CHART_FILES = "charts/rpcscope-stack/files"
 
 
@@ -42,6 +42,9 @@ def tree(tmp_path: Path) -> Path:
             shutil.copytree(
                 source, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
             )
+        elif source.is_file():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, tmp_path / rel)
     (tmp_path / "alerts").mkdir(exist_ok=True)
     (tmp_path / "fluentd-config").mkdir(exist_ok=True)
     assert run(tmp_path).returncode == 0

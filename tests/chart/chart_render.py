@@ -39,6 +39,8 @@ CLUSTER_SCOPED = frozenset({"ClusterRole", "ClusterRoleBinding", "Namespace", "P
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"})
 #: Kinds from the Prometheus Operator CRDs; not in the Kubernetes OpenAPI schemas.
 OPERATOR_KINDS = frozenset({"ServiceMonitor", "PodMonitor", "PrometheusRule"})
+#: Every CRD kind the chart can render (not in the Kubernetes OpenAPI schemas).
+CRD_KINDS = OPERATOR_KINDS | {"HTTPRoute"}
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,8 +70,10 @@ EXTERNAL_ES: dict[str, Any] = {
             "url": "https://es.example.internal:9243",
             "caSecret": "corp-es-ca",
             "credentialsSecret": "corp-es-writer",
+            "readerCredentialsSecret": "corp-es-reader",
         },
     },
+    "kibana": {"elasticsearchCredentialsSecret": "corp-es-kibana-system"},
 }
 _LOGS_OFF: dict[str, Any] = {
     "elasticsearch": {"enabled": False},
@@ -108,6 +112,146 @@ RECEIVERS: list[dict[str, Any]] = [
         },
     },
 ]
+
+#: Per-component extension points (issue 17): every workload's values section gets these.
+_COMPONENT_SECTIONS = [
+    ("prometheus",),
+    ("alertmanager",),
+    ("grafana",),
+    ("elasticsearch",),
+    ("kibana",),
+    ("fluentd", "daemonset"),
+    ("fluentd", "aggregator"),
+    ("elasticsearchExporter",),
+]
+
+
+def _per_component(path: tuple[str, ...]) -> dict[str, Any]:
+    extras: dict[str, Any] = {
+        "podLabels": {"team": "observability"},
+        "priorityClassName": "observability-high",
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"team": "observability"}},
+            }
+        ],
+        "extraEnv": [
+            {"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"},
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        ],
+        "extraVolumes": [{"name": "corp-ca-bundle", "configMap": {"name": "corp-ca-bundle"}}],
+        "extraVolumeMounts": [
+            {"name": "corp-ca-bundle", "mountPath": "/etc/corp-ca", "readOnly": True}
+        ],
+        "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "obs@p.iam"}},
+    }
+    out: dict[str, Any] = extras
+    for key in reversed(path):
+        out = {key: out}
+    return out
+
+
+def _exposed(component: str) -> dict[str, Any]:
+    host = f"{component}.example.com"
+    return {
+        component: {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "annotations": {"cert-manager.io/cluster-issuer": "corp"},
+                "hosts": [host],
+                "tls": [{"secretName": f"{component}-web-tls", "hosts": [host]}],
+            },
+            "httpRoute": {
+                "enabled": True,
+                "parentRefs": [{"name": "public", "namespace": "gateways", "sectionName": "https"}],
+                "hostnames": [host],
+            },
+        }
+    }
+
+
+#: Where the ingress controller / gateway pods run, in the extension scenario.
+INGRESS_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+
+EXTENSIONS: dict[str, Any] = merge(
+    *(_per_component(p) for p in _COMPONENT_SECTIONS),
+    *(_exposed(c) for c in ("grafana", "prometheus", "alertmanager", "kibana")),
+    {"networkPolicy": {"ingressController": {"from": [INGRESS_PEER]}}},
+    {
+        "grafana": {
+            "plugins": ["grafana-polystat-panel", "marcusolsson-json-datasource@1.3.24"],
+            "dashboards": {"sidecar": {"enabled": True, "namespaces": ["shop", "payments"]}},
+            "oidc": {
+                "enabled": True,
+                "clientId": "grafana",
+                "clientSecret": {"secretName": "grafana-oidc", "key": "client-secret"},
+                "authUrl": "https://sso.example.com/realms/corp/protocol/openid-connect/auth",
+                "tokenUrl": "https://sso.example.com/realms/corp/protocol/openid-connect/token",
+                "apiUrl": "https://sso.example.com/realms/corp/protocol/openid-connect/userinfo",
+                "roleAttributePath": "contains(groups[*], 'sre') && 'Admin' || 'Viewer'",
+            },
+            "datasources": {
+                "extra": [
+                    {
+                        "name": "Tempo",
+                        "type": "tempo",
+                        "uid": "tempo",
+                        "url": "http://tempo.tracing:3200",
+                        "access": "proxy",
+                    }
+                ]
+            },
+        }
+    },
+    {
+        "prometheus": {
+            "remoteWrite": [
+                {
+                    "url": "https://mimir.example.com/api/v1/push",
+                    "name": "mimir",
+                    "basicAuth": {
+                        "username": "tenant-1",
+                        "passwordSecret": {"secretName": "mimir-auth", "key": "password"},
+                    },
+                    "caSecret": {"secretName": "mimir-ca", "key": "ca.crt"},
+                    "headers": {"X-Scope-OrgID": "tenant-1"},
+                    "writeRelabelConfigs": [
+                        {"source_labels": ["__name__"], "regex": "go_.*", "action": "drop"}
+                    ],
+                    "queueConfig": {"max_samples_per_send": 2000},
+                },
+                {
+                    "url": "http://thanos-receive.thanos:19291/api/v1/receive",
+                    "bearerTokenSecret": {"secretName": "thanos-token", "key": "token"},
+                },
+            ],
+            "extraRules": {
+                "shop": [
+                    {
+                        "name": "shop.rules",
+                        "rules": [
+                            {
+                                "record": "shop:grpc_requests:rate5m",
+                                "expr": "sum(rate(grpc_server_handled_total[5m]))",
+                            },
+                            {
+                                "alert": "ShopDown",
+                                "expr": 'absent(up{job="shop"} == 1)',
+                                "for": "5m",
+                                "labels": {"severity": "critical"},
+                                "annotations": {"summary": "shop is down"},
+                            },
+                        ],
+                    }
+                ]
+            },
+        }
+    },
+)
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -192,6 +336,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "extensions": EXTENSIONS,
     "no-persistence-no-netpol": {
         "prometheus": {"persistence": {"enabled": False}},
         "alertmanager": {"persistence": {"enabled": False}},
@@ -256,6 +401,17 @@ class Rendered:
             have = sorted(o["metadata"]["name"] for o in self.of_kind(kind))
             raise KeyError(f"no {kind} {name!r}; rendered {kind}s: {have}")
         return obj
+
+    def job(self, component: str) -> dict[str, Any]:
+        """The one Job of a component (Job names carry a hash of what they do)."""
+        jobs = [
+            o
+            for o in self.of_kind("Job")
+            if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        ]
+        if len(jobs) != 1:
+            raise KeyError(f"{len(jobs)} Jobs of component {component!r}")
+        return jobs[0]
 
     def components(self) -> set[str]:
         """``app.kubernetes.io/component`` of every workload rendered (hooks included)."""
@@ -364,14 +520,17 @@ LOOKUP_DEFINE = re.compile(
     r'\{\{- define "rpcscope-stack\.lookupSecret" -\}\}\n.*?\n\{\{- end -\}\}\n', re.DOTALL
 )
 _LOOKUP_STUB = """{{- define "rpcscope-stack.lookupSecret" -}}
-{{- $raw := .ctx.Files.Get (printf "files/_existing/%s.json" .name) -}}
+{{- $kind := .kind | default "Secret" -}}
+{{- $prefix := ternary "" (printf "%s-" $kind) (eq $kind "Secret") -}}
+{{- $raw := .ctx.Files.Get (printf "files/_existing/%s%s.json" $prefix .name) -}}
 {{- if $raw -}}{{- $raw -}}{{- else -}}{}{{- end -}}
 {{- end -}}
 """
 
 
 def with_existing_secrets(chart_copy: Path, secrets: list[dict[str, Any]]) -> Path:
-    """Make ``chart_copy`` render as if ``secrets`` already existed in the release namespace.
+    """Make ``chart_copy`` render as if ``secrets`` (or other objects, e.g. a StatefulSet)
+    already existed in the release namespace.
 
     helm-python-sdk renders offline, where Helm's ``lookup`` always returns an empty map, so an
     upgrade cannot be rendered as-is. The chart routes every lookup through the single helper
@@ -391,6 +550,8 @@ def with_existing_secrets(chart_copy: Path, secrets: list[dict[str, Any]]) -> Pa
         shutil.rmtree(existing)
     existing.mkdir(parents=True)
     for sec in secrets:
-        (existing / f"{sec['metadata']['name']}.json").write_text(json.dumps(sec))
+        kind = sec.get("kind", "Secret")
+        prefix = "" if kind == "Secret" else f"{kind}-"
+        (existing / f"{prefix}{sec['metadata']['name']}.json").write_text(json.dumps(sec))
     _charts.pop(chart_copy.resolve(), None)
     return chart_copy

@@ -27,6 +27,7 @@ SCANNED = [
     "defaults",
     "all-on",
     "external-es",
+    "extensions",
     "external-prometheus",
     "fluentd-only",
     "multi-node-es",

@@ -43,15 +43,25 @@ CASES: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
         ["elasticsearch.external.url"],
         {
             "elasticsearch": {
-                "external": {"url": "https://es.corp:9200", "credentialsSecret": "es-creds"}
-            }
+                "external": {
+                    "url": "https://es.corp:9200",
+                    "credentialsSecret": "es-creds",
+                    "readerCredentialsSecret": "es-reader",
+                }
+            },
+            "kibana": {"elasticsearchCredentialsSecret": "es-kibana-system"},
         },
     ),
     (
         "external-elasticsearch-without-credentials",
         {"elasticsearch": {"enabled": False, "external": {"url": "https://es.corp:9200"}}},
         ["elasticsearch.external.credentialsSecret"],
-        {"elasticsearch": {"external": {"credentialsSecret": "es-creds"}}},
+        {
+            "elasticsearch": {
+                "external": {"credentialsSecret": "es-creds", "readerCredentialsSecret": "es-ro"}
+            },
+            "kibana": {"elasticsearchCredentialsSecret": "es-kibana-system"},
+        },
     ),
     (
         "grafana-replicas-on-sqlite",
@@ -130,6 +140,49 @@ CASES: list[tuple[str, dict[str, Any], list[str], dict[str, Any]]] = [
         },
         ["networkPolicy.prometheusScrapeFrom"],
         {"networkPolicy": {"prometheusScrapeFrom": [{"namespaceSelector": {}}]}},
+    ),
+    (
+        "memory-quantity-kubernetes-rejects",
+        {"prometheus": {"resources": {"limits": {"memory": "2GB"}}}},
+        ["prometheus.resources.limits.memory", '"2GB"', "2Gi", "2G"],
+        {"prometheus": {"resources": {"limits": {"memory": "2Gi"}}}},
+    ),
+    (
+        "retention-size-larger-than-volume",
+        {"prometheus": {"retentionSize": "12GB", "persistence": {"size": "10Gi"}}},
+        ["prometheus.retentionSize", "prometheus.persistence.size", "80%"],
+        {"prometheus": {"retentionSize": "8GB"}},
+    ),
+    (
+        "exposed-ui-blocked-by-networkpolicy",
+        {"grafana": {"ingress": {"enabled": True, "hosts": ["grafana.example.com"]}}},
+        ["grafana.ingress", "networkPolicy.ingressController.from"],
+        {"networkPolicy": {"ingressController": {"from": [{"namespaceSelector": {}}]}}},
+    ),
+    (
+        "alertmanager-config-secret-and-receivers",
+        {
+            "alertmanager": {
+                "existingConfigSecret": "am-config",
+                "receivers": [{"name": "hooks", "webhook": {"url": "https://hooks.example.com"}}],
+            }
+        },
+        ["alertmanager.existingConfigSecret", "alertmanager.receivers"],
+        {"alertmanager": {"receivers": []}},
+    ),
+    (
+        "grafana-oidc-half-configured",
+        {"grafana": {"oidc": {"enabled": True, "clientId": "grafana"}}},
+        ["grafana.oidc.clientSecret.secretName", "grafana.oidc.authUrl"],
+        {
+            "grafana": {
+                "oidc": {
+                    "clientSecret": {"secretName": "oidc"},
+                    "authUrl": "https://sso.example.com/auth",
+                    "tokenUrl": "https://sso.example.com/token",
+                }
+            }
+        },
     ),
     (
         "scrape-timeout-longer-than-interval",

@@ -151,7 +151,7 @@ def test_external_elasticsearch_renders_no_elasticsearch_and_wires_every_client(
     r = render(EXTERNAL)
     url = EXTERNAL["elasticsearch"]["external"]["url"]
     assert r.find("StatefulSet", r.name("elasticsearch")) is None
-    assert r.find("Job", r.name("elasticsearch") + "-setup") is None
+    assert not r.of_kind("Job")
     assert not [
         s for s in r.of_kind("Secret") if "elasticsearch-credentials" in s["metadata"]["name"]
     ]
@@ -193,11 +193,9 @@ def test_external_elasticsearch_without_ca_uses_the_system_trust_store() -> None
     assert "--es.ca=/etc/ssl/certs/ca-certificates.crt" in exporter["args"]
 
 
-def test_kibana_falls_back_to_the_external_credentials() -> None:
+def test_kibana_never_falls_back_to_the_shipping_user() -> None:
     values = merge(EXTERNAL, {"kibana": {"elasticsearchCredentialsSecret": ""}})
-    r = render(values)
-    vols = _secret_volumes(_pod(r, "Deployment", "kibana"))
-    assert vols["elasticsearch-credentials"] == "corp-es-writer"
+    assert "kibana.elasticsearchCredentialsSecret" in render_error(values)
 
 
 # --- every Secret a pod needs is there ----------------------------------------------------------
@@ -211,8 +209,9 @@ def test_every_secret_a_log_pod_mounts_is_rendered_or_user_provided(
     rendered_secrets = {s["metadata"]["name"] for s in r.of_kind("Secret")}
     external = {
         r.values.get("elasticsearch", {}).get("external", {}).get(k)
-        for k in ("caSecret", "credentialsSecret")
+        for k in ("caSecret", "credentialsSecret", "readerCredentialsSecret")
     } - {None, ""}
+    external |= {r.values.get("kibana", {}).get("elasticsearchCredentialsSecret")} - {None, ""}
     checked = 0
     for obj, labels, spec in r.pods():
         if labels.get("app.kubernetes.io/component") not in LOG_COMPONENTS:
@@ -232,8 +231,10 @@ def test_every_secret_a_log_pod_mounts_is_rendered_or_user_provided(
 def test_setup_job_creates_a_user_for_each_enabled_client_only() -> None:
     r = render({"elasticsearchExporter": {"enabled": False}})
     script = r.configmap_data(r.name("elasticsearch") + "-setup", "setup.sh")
-    assert "user rpcscope_fluentd rpcscope_fluentd_writer /secrets/fluentd" in script
-    assert "rpcscope_monitor rpcscope_monitor" not in script
+    # user ROLE DIR: the user name comes from the Secret (generated: rpcscope_fluentd).
+    assert "user rpcscope_fluentd_writer /secrets/fluentd" in script
+    assert r.secret_data(r.name("fluentd") + "-credentials")["username"] == b"rpcscope_fluentd"
+    assert "/secrets/elasticsearch-exporter" not in script
     assert "/_security/user/kibana_system/_password" in script
     assert r.find("Secret", r.name("elasticsearch-exporter") + "-credentials") is None
     # The writer role can only append to rpcscope's own data streams.
@@ -352,7 +353,7 @@ def test_clients_reach_elasticsearch_by_a_name_on_its_certificate(rendered: Any)
     assert kyml["elasticsearch.ssl.verificationMode"] == "full"
     script = r.configmap_data(es + "-setup", "setup.sh")
     assert "--cacert /ca/ca.crt" in script
-    job = r.get("Job", es + "-setup")
+    job = r.job("elasticsearch-setup")
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert _env(container)["ES_URL"] == f"https://{es}.{r.namespace}.svc:9200"
 
@@ -393,7 +394,7 @@ def test_each_fluentd_role_gets_its_overflow_policy_and_the_aggregator_its_tls(
     assert [p["port"] for p in svc["spec"]["ports"]] == [24224]
     # The tailer never reads its own (or the aggregator's) log files.
     excluded = json.loads(ds["FLUENT_CONTAINER_TAIL_EXCLUDE_PATH"])
-    assert excluded == [f"/var/log/containers/{r.fullname}-fluentd*_{r.namespace}_*.log"]
+    assert excluded[0] == f"/var/log/containers/{r.fullname}-fluentd*_{r.namespace}_*.log"
 
 
 def test_fluentd_tailer_reads_logs_without_root_or_capabilities(rendered: Any) -> None:
@@ -403,10 +404,11 @@ def test_fluentd_tailer_reads_logs_without_root_or_capabilities(rendered: Any) -
     assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
     # containerd's log files are root:root 0640: group 0 reads them, no capability needed.
     assert psc["supplementalGroups"] == [0]
-    hostpaths = [v for v in spec["volumes"] if "hostPath" in v]
-    assert [v["hostPath"]["path"] for v in hostpaths] == ["/var/log"]
+    hostpaths = {v["hostPath"]["path"]: v["name"] for v in spec["volumes"] if "hostPath" in v}
+    # The log directory, read-only, and the tail positions of this release (test_chart_production).
+    assert set(hostpaths) == {"/var/log", f"/var/lib/rpcscope-fluentd/{r.namespace}-{r.release}"}
     mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
-    assert mounts[hostpaths[0]["name"]]["readOnly"] is True
+    assert mounts[hostpaths["/var/log"]]["readOnly"] is True
     rules = r.get("ClusterRole", f"{r.name('fluentd')}-{r.namespace}")["rules"]
     assert rules == [
         {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]}
@@ -482,11 +484,11 @@ def test_grafana_gets_a_read_only_elasticsearch_user(rendered: Any) -> None:
     assert r.secret_data(name)["username"] == b"rpcscope_grafana"
     setup = r.name("elasticsearch") + "-setup"
     script = r.configmap_data(setup, "setup.sh")
-    assert "user rpcscope_grafana rpcscope_logs_reader /secrets/grafana-elasticsearch" in script
+    assert "user rpcscope_logs_reader /secrets/grafana-elasticsearch" in script
     role = json.loads(r.configmap_data(setup, "role-rpcscope_logs_reader.json"))
     assert role["indices"][0]["privileges"] == ["read", "view_index_metadata"]
     assert "cluster" not in role
-    job = r.get("Job", setup)["spec"]["template"]["spec"]
+    job = r.job("elasticsearch-setup")["spec"]["template"]["spec"]
     assert _secret_volumes(job)["user-grafana-elasticsearch"] == name
 
 

@@ -85,7 +85,7 @@ def _lay_out_mounts(tmp: Path, r: Rendered) -> str:
     """Write the Job's mounts under tmp and return its script with the paths rewritten."""
     es = r.name("elasticsearch")
     setup = r.get("ConfigMap", es + "-setup")["data"]
-    job = r.get("Job", es + "-setup")["spec"]["template"]["spec"]
+    job = r.job("elasticsearch-setup")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in job["volumes"]}
     script = setup["setup.sh"]
     real: dict[str, Path] = {}
@@ -165,7 +165,7 @@ def test_setup_job_configures_elasticsearch_as_the_elastic_user(tmp_path: Path) 
     }
     assert "setup complete" in proc.stdout
     # Nothing secret is left on the (memory-backed) scratch volume.
-    job = r.get("Job", r.name("elasticsearch") + "-setup")["spec"]["template"]["spec"]
+    job = r.job("elasticsearch-setup")["spec"]["template"]["spec"]
     mounts = sorted(job["containers"][0]["volumeMounts"], key=lambda m: -len(m["mountPath"]))
     (scratch,) = [i for i, m in enumerate(mounts) if m["mountPath"] == "/tmp"]
     assert list((tmp_path / f"mount{scratch}").iterdir()) == []
@@ -177,7 +177,7 @@ def test_setup_job_refuses_to_send_an_empty_password(tmp_path: Path) -> None:
     (fluentd_dir,) = {
         line.split()[-1]
         for line in script.splitlines()
-        if line.startswith("user rpcscope_fluentd ")
+        if line.startswith("user rpcscope_fluentd_writer ")
     }
     Path(fluentd_dir, "password").write_text("")
     (tmp_path / "setup.sh").write_text(script)

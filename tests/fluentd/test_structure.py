@@ -85,11 +85,14 @@ def test_overflow_action_default_and_override_per_role() -> None:
 
 def test_every_include_resolves_and_every_file_is_used() -> None:
     used: set[str] = set()
-    for name in ENTRY_FILES:
-        text = (CONFIG_DIR / name).read_text()
-        for inc in re.findall(r"^@include\s+(\S+)", text, flags=re.M):
-            assert (CONFIG_DIR / inc).is_file(), inc
-            used.add(inc)
+    pending = [CONFIG_DIR / name for name in ENTRY_FILES]
+    while pending:  # includes are relative to the including file, as in Fluentd
+        path = pending.pop()
+        for inc in re.findall(r"^\s*@include\s+(\S+)", path.read_text(), flags=re.M):
+            target = path.parent / inc
+            assert target.is_file(), inc
+            used.add(str(target.relative_to(CONFIG_DIR)))
+            pending.append(target)
     on_disk = {str(p.relative_to(CONFIG_DIR)) for p in (CONFIG_DIR / "conf.d").glob("*.conf")}
     assert on_disk == used, "conf.d files that no entry file includes are dead config"
 

@@ -93,6 +93,46 @@ helm.sh/chart: {{ include "rpcscope-stack.chart" .ctx }}
 {{- end -}}
 
 {{/*
+rpcscope-stack.podLabels: the labels of a workload's pod template. Selector labels plus only
+what never changes with a chart or app version: `helm.sh/chart` and `app.kubernetes.io/version`
+are left out, because any change to a pod template restarts the pods, and a chart bump alone
+must not restart every workload. `extra` (a component's `podLabels` value) is added; it cannot
+override the selector labels.
+Args: (dict "ctx" $ "component" "<component>" "extra" .Values.<component>.podLabels)
+*/}}
+{{- define "rpcscope-stack.podLabels" -}}
+{{- $fixed := include "rpcscope-stack.selectorLabels" . | fromYaml -}}
+{{- $_ := set $fixed "app.kubernetes.io/part-of" "rpcscope" -}}
+{{- $_ := set $fixed "app.kubernetes.io/managed-by" .ctx.Release.Service -}}
+{{- toYaml (merge $fixed (deepCopy (.extra | default dict))) -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.podSpecExtras: the pod-spec fields every component takes from its values section
+(render with nindent 6 right after automountServiceAccountToken): priorityClassName and
+topologySpreadConstraints. Args: the component's values section.
+*/}}
+{{- define "rpcscope-stack.podSpecExtras" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+rpcscope-stack.configChecksum: the checksum/config annotation value of a ConfigMap template: a
+hash of its `data` only, so labels that carry the chart version do not restart pods.
+Args: (dict "ctx" $ "template" "/kibana/configmap.yaml")
+*/}}
+{{- define "rpcscope-stack.configChecksum" -}}
+{{- $doc := include (print .ctx.Template.BasePath .template) .ctx | fromYaml -}}
+{{- get $doc "data" | toJson | sha256sum -}}
+{{- end -}}
+
+{{/*
 rpcscope-stack.image: the full image reference.
 Args: (dict "ctx" $ "image" .Values.<component>.image)
 The image map is {registry?, repository, tag, digest?}. `global.imageRegistry`, when set,
@@ -191,11 +231,12 @@ Args: (dict "ctx" $ "runAsUser" 65534 "override" .Values.<component>.containerSe
 rpcscope-stack.lookupSecret: the existing Secret `name` in the release namespace as JSON ("{}" when
 absent or when rendering offline). Every `lookup` in the chart goes through this one template, so
 the upgrade-safety tests can substitute it (tests/chart) and exercise all the reuse logic below.
-Args: (dict "ctx" $ "name" "<secret name>")
+`kind`/`apiVersion` (default Secret, v1) look up another object, e.g. the running StatefulSet.
+Args: (dict "ctx" $ "name" "<secret name>" ["kind" "StatefulSet" "apiVersion" "apps/v1"])
 Use: $s := include "rpcscope-stack.lookupSecret" (dict ...) | fromJson
 */}}
 {{- define "rpcscope-stack.lookupSecret" -}}
-{{- $s := lookup "v1" "Secret" .ctx.Release.Namespace .name -}}
+{{- $s := lookup (.apiVersion | default "v1") (.kind | default "Secret") .ctx.Release.Namespace .name -}}
 {{- if $s -}}{{- toJson $s -}}{{- else -}}{}{{- end -}}
 {{- end -}}
 

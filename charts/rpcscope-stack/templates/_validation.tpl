@@ -36,13 +36,21 @@ longer prefix would be truncated into colliding names, so refuse it up front. */
 {{- fail "elasticsearch.external.url is set without credentials: set elasticsearch.external.credentialsSecret to a Secret with `username` and `password` keys" -}}
 {{- end -}}
 
+{{- /* SSO needs its endpoints and a client secret from a Secret; an empty one fails every login. */ -}}
+{{- if and $v.grafana.enabled $v.grafana.oidc.enabled (not (and $v.grafana.oidc.clientId $v.grafana.oidc.clientSecret.secretName $v.grafana.oidc.authUrl $v.grafana.oidc.tokenUrl)) -}}
+{{- fail "grafana.oidc.enabled needs grafana.oidc.clientId, grafana.oidc.clientSecret.secretName (an existing Secret with the client secret), grafana.oidc.authUrl and grafana.oidc.tokenUrl (apiUrl too, unless the ID token carries the claims): set them, or grafana.oidc.enabled=false" -}}
+{{- end -}}
+
 {{- /* Grafana on SQLite cannot run more than one replica against one ReadWriteOnce volume. */ -}}
 {{- if and $v.grafana.enabled (gt (int $v.grafana.replicas) 1) $v.grafana.persistence.enabled -}}
 {{- fail "grafana.replicas > 1 with grafana.persistence.enabled: SQLite on one ReadWriteOnce volume cannot be shared. Set grafana.replicas=1, or configure an external database in grafana.grafana.ini (section `database`) and set grafana.persistence.enabled=false" -}}
 {{- end -}}
 
 {{- /* Alertmanager routes must name receivers that exist (Alertmanager would crash-loop). */ -}}
-{{- if $v.alertmanager.enabled -}}
+{{- if and $v.alertmanager.enabled $v.alertmanager.existingConfigSecret $v.alertmanager.receivers -}}
+{{- fail "alertmanager.existingConfigSecret replaces the whole Alertmanager configuration, so alertmanager.receivers would be ignored: put your receivers into that Secret's alertmanager.yml and set alertmanager.receivers=[] (or leave existingConfigSecret empty)" -}}
+{{- end -}}
+{{- if and $v.alertmanager.enabled (not $v.alertmanager.existingConfigSecret) -}}
 {{- $names := list "null" -}}
 {{- range $v.alertmanager.receivers -}}
 {{- if has .name $names -}}
@@ -64,6 +72,44 @@ longer prefix would be truncated into colliding names, so refuse it up front. */
 {{- /* An external Prometheus that should scrape the stack cannot get through our NetworkPolicies. */ -}}
 {{- if and $v.networkPolicy.enabled $v.prometheus.operator.enabled (not $v.prometheus.enabled) (not $v.networkPolicy.prometheusScrapeFrom) -}}
 {{- fail "prometheus.operator.enabled with prometheus.enabled=false: your own Prometheus must get through the NetworkPolicies to scrape the stack. Set networkPolicy.prometheusScrapeFrom to its peers (e.g. a namespaceSelector for the monitoring namespace), or networkPolicy.enabled=false" -}}
+{{- end -}}
+
+{{- /* Resource quantities the API server would reject (e.g. "2GB"): schema types cannot say
+which unit was meant, so the message names the value and the two spellings that work. */ -}}
+{{- range $path, $res := dict
+      "prometheus" $v.prometheus.resources "alertmanager" $v.alertmanager.resources
+      "grafana" $v.grafana.resources "elasticsearch" $v.elasticsearch.resources
+      "elasticsearch.setup" $v.elasticsearch.setup.resources "kibana" $v.kibana.resources
+      "fluentd.daemonset" $v.fluentd.daemonset.resources "fluentd.aggregator" $v.fluentd.aggregator.resources
+      "elasticsearchExporter" $v.elasticsearchExporter.resources -}}
+{{- range $section := list "requests" "limits" -}}
+{{- range $resource, $q := (get $res $section | default dict) -}}
+{{- if not (regexMatch "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$" (toString $q)) -}}
+{{- $num := regexFind "^[0-9.]+" (toString $q) | default "2" -}}
+{{- $fix := printf "write %sGi (binary, 1Gi = 1024^3 bytes) or %sG (decimal)" $num $num -}}
+{{- if eq $resource "cpu" }}{{ $fix = "write cores, e.g. 500m or 2" }}{{ end -}}
+{{- fail (printf "%s.resources.%s.%s is %q, which is not a Kubernetes quantity (the API server would reject the pod): %s" $path $section $resource (toString $q) $fix) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Prometheus's size-based retention must fit its volume, or the disk fills before it deletes. */ -}}
+{{- if and $v.prometheus.enabled $v.prometheus.persistence.enabled $v.prometheus.retentionSize -}}
+{{- $keep := include "rpcscope-stack.sizeBytes" (dict "value" $v.prometheus.retentionSize "kind" "prometheus") | float64 -}}
+{{- $pvc := include "rpcscope-stack.sizeBytes" (dict "value" $v.prometheus.persistence.size "kind" "quantity") | float64 -}}
+{{- if ge $keep $pvc -}}
+{{- fail (printf "prometheus.retentionSize (%s) does not fit prometheus.persistence.size (%s): the volume fills before Prometheus deletes old blocks (the WAL needs room too). Lower prometheus.retentionSize to about 80%% of the volume, or raise prometheus.persistence.size" $v.prometheus.retentionSize (toString $v.prometheus.persistence.size)) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* An exposed UI behind default-deny NetworkPolicies needs the controller's peers. */ -}}
+{{- if and $v.networkPolicy.enabled (not $v.networkPolicy.ingressController.from) -}}
+{{- range $c := list "grafana" "prometheus" "alertmanager" "kibana" -}}
+{{- if include "rpcscope-stack.exposure.enabled" (dict "ctx" $ "component" $c) -}}
+{{- fail (printf "%s.ingress or %s.httpRoute is enabled, but the NetworkPolicies would block your Ingress controller or Gateway (every request a 502/504): set networkPolicy.ingressController.from to its peers, e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}], or networkPolicy.enabled=false" $c $c) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- /* Prometheus timeouts: a timeout longer than the interval is rejected by Prometheus at start. */ -}}
@@ -105,4 +151,26 @@ rpcscope-stack.durationSeconds: a Prometheus duration ("1m30s", "15s", "500ms") 
 {{- $total = addf $total (mulf $n (get $units $unit)) -}}
 {{- end -}}
 {{- $total -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.sizeBytes: a size in bytes (as a float string), for comparisons in validation.
+Args: (dict "value" "10Gi" "kind" "quantity|prometheus|fluentd|jvm")
+  quantity:   Kubernetes quantity (Ki..Ei binary, k..E decimal)
+  prometheus: --storage.tsdb.retention.size units (B, KB, MB, ... powers of 1024)
+  fluentd:    Fluentd size (k, m, g, t, optional b; powers of 1024)
+  jvm:        -Xmx size (k, m, g; powers of 1024)
+*/}}
+{{- define "rpcscope-stack.sizeBytes" -}}
+{{- $s := toString .value -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $s | default "0" | float64 -}}
+{{- $unit := trimPrefix (regexFind "^[0-9]+(\\.[0-9]+)?" $s) $s -}}
+{{- $bin := dict "" 1.0 "k" 1024.0 "m" 1048576.0 "g" 1073741824.0 "t" 1099511627776.0 "p" 1125899906842624.0 "e" 1152921504606846976.0 -}}
+{{- $mult := 1.0 -}}
+{{- if eq .kind "quantity" -}}
+{{- $mult = get (dict "" 1.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18) $unit | default 1.0 -}}
+{{- else -}}
+{{- $mult = get $bin (lower (trimSuffix "b" (trimSuffix "B" $unit))) | default 1.0 -}}
+{{- end -}}
+{{- mulf $num $mult -}}
 {{- end -}}

@@ -6,9 +6,9 @@ How the log components authenticate to Elasticsearch (least privilege, one user 
   client                   in-chart Elasticsearch                          external Elasticsearch
   Fluentd (both roles)     rpcscope_fluentd  <fullname>-fluentd-credentials    elasticsearch.external.credentialsSecret
   elasticsearch-exporter   rpcscope_monitor  <fullname>-elasticsearch-exporter-credentials   (same)
-  Kibana                   kibana_system     <fullname>-kibana-credentials     kibana.elasticsearchCredentialsSecret,
-                                                                             else the external credentialsSecret
+  Kibana                   kibana_system     <fullname>-kibana-credentials     kibana.elasticsearchCredentialsSecret (required)
   Grafana log datasource   rpcscope_grafana  <fullname>-grafana-elasticsearch-credentials (read-only)
+                                                                             elasticsearch.external.readerCredentialsSecret (required)
   setup Job                elastic           <fullname>-elasticsearch-credentials   (no setup Job)
 
 Every credentials Secret has the keys `username` and `password`. The CA every client verifies
@@ -27,7 +27,7 @@ elasticsearch.external.caSecret (external; empty means the image's system trust 
 {{- if and (eq .client "kibana") $v.kibana.elasticsearchCredentialsSecret -}}
 {{- $v.kibana.elasticsearchCredentialsSecret -}}
 {{- else if $v.elasticsearch.enabled -}}
-{{- printf "%s-credentials" (include "rpcscope-stack.componentName" (dict "ctx" .ctx "component" .client)) -}}
+{{- include "rpcscope-stack.logs.userSecret" . -}}
 {{- else -}}
 {{- $v.elasticsearch.external.credentialsSecret -}}
 {{- end -}}
@@ -36,10 +36,26 @@ elasticsearch.external.caSecret (external; empty means the image's system trust 
 {{/* The Secret holding Elasticsearch's CA (key ca.crt), or "" for the system trust store. Args: $ */}}
 {{- define "rpcscope-stack.logs.esCaSecret" -}}
 {{- if .Values.elasticsearch.enabled -}}
-{{- printf "%s-tls" (include "rpcscope-stack.componentName" (dict "ctx" . "component" "elasticsearch")) -}}
+{{- include "rpcscope-stack.logs.esTlsSecret" . -}}
 {{- else -}}
 {{- .Values.elasticsearch.external.caSecret -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The Secret (keys username/password) of a user the setup Job creates in the in-chart
+Elasticsearch: elasticsearch.auth.userSecrets.<key> when set (GitOps: nothing generated), else
+the generated `<componentName>-credentials`.
+Args: (dict "ctx" $ "client" "fluentd|elasticsearch-exporter|kibana|grafana-elasticsearch")
+*/}}
+{{- define "rpcscope-stack.logs.userSecret" -}}
+{{- $key := get (dict "fluentd" "fluentd" "elasticsearch-exporter" "elasticsearchExporter" "kibana" "kibana" "grafana-elasticsearch" "grafana") .client -}}
+{{- (get .ctx.Values.elasticsearch.auth.userSecrets $key) | default (printf "%s-credentials" (include "rpcscope-stack.componentName" (dict "ctx" .ctx "component" .client))) -}}
+{{- end -}}
+
+{{/* The in-chart Elasticsearch's TLS Secret (tls.crt, tls.key, ca.crt): yours or generated. Args: $ */}}
+{{- define "rpcscope-stack.logs.esTlsSecret" -}}
+{{- .Values.elasticsearch.tls.existingSecret | default (printf "%s-tls" (include "rpcscope-stack.componentName" (dict "ctx" . "component" "elasticsearch"))) -}}
 {{- end -}}
 
 {{/* The Secret with the elastic superuser's password (in-chart Elasticsearch). Args: $ */}}

@@ -1,9 +1,12 @@
 {{/*
-rpcscope-stack.grafana.ini: hardened defaults (no sign-up, no anonymous access, no phone-home and
-no plugin downloads at start: egress is blocked by the NetworkPolicies anyway) merged under
-`grafana.grafana.ini`.
+rpcscope-stack.grafana.iniValues: grafana.ini as JSON {section: {key: value}}: hardened defaults
+(no sign-up, no anonymous access, no phone-home, no plugin downloads unless `grafana.plugins`
+names some), then `grafana.plugins` and `grafana.oidc`, then `grafana.grafana.ini` over all.
+The NetworkPolicy derives Grafana's egress ports from the same dict.
+rpcscope-stack.grafana.ini renders it as the ini file.
 */}}
-{{- define "rpcscope-stack.grafana.ini" -}}
+{{- define "rpcscope-stack.grafana.iniValues" -}}
+{{- $g := .Values.grafana -}}
 {{- $defaults := dict
   "server" (dict "http_port" "3000")
   "paths" (dict "data" "/var/lib/grafana" "logs" "/var/lib/grafana/log" "plugins" "/var/lib/grafana/plugins" "provisioning" "/etc/grafana/provisioning")
@@ -15,7 +18,25 @@ no plugin downloads at start: egress is blocked by the NetworkPolicies anyway) m
   "users" (dict "allow_sign_up" "false" "allow_org_create" "false")
   "auth.anonymous" (dict "enabled" "false")
 -}}
-{{- $ini := mergeOverwrite $defaults (deepCopy (index .Values.grafana "grafana.ini")) -}}
+{{- with $g.plugins }}
+{{- $_ := set $defaults "plugins" (dict "preinstall_disabled" "false" "preinstall" (join "," .)) }}
+{{- end }}
+{{- if $g.oidc.enabled }}
+{{- $o := $g.oidc }}
+{{- $_ := set $defaults "auth.generic_oauth" (dict
+      "enabled" "true" "name" $o.name "client_id" $o.clientId
+      "client_secret" (printf "$__file{/etc/grafana/secrets/oidc/%s}" $o.clientSecret.key)
+      "auth_url" $o.authUrl "token_url" $o.tokenUrl "api_url" $o.apiUrl "scopes" $o.scopes
+      "allow_sign_up" (toString $o.allowSignUp) "use_pkce" "true") }}
+{{- with $o.roleAttributePath }}
+{{- $_ := set (get $defaults "auth.generic_oauth") "role_attribute_path" . }}
+{{- end }}
+{{- end }}
+{{- toJson (mergeOverwrite $defaults (deepCopy (index $g "grafana.ini"))) -}}
+{{- end -}}
+
+{{- define "rpcscope-stack.grafana.ini" -}}
+{{- $ini := include "rpcscope-stack.grafana.iniValues" . | fromJson -}}
 {{- range $section := keys $ini | sortAlpha }}
 [{{ $section }}]
 {{- $kv := index $ini $section }}
@@ -31,15 +52,14 @@ JSON {"credentials": "<Secret name>", "ca": "<Secret name or empty>"}.
 In-chart Elasticsearch: the read-only `rpcscope_grafana` user the setup Job creates, in
 `<fullname>-grafana-elasticsearch-credentials` (keys `username`, `password`), and `<es>-tls`
 (key `ca.crt`). Grafana never gets the `elastic` superuser. External:
-`elasticsearch.external.credentialsSecret` / `.caSecret`.
+`elasticsearch.external.readerCredentialsSecret` (a read-only user; the writer in
+`.credentialsSecret` cannot read) / `.caSecret`.
 */}}
 {{- define "rpcscope-stack.grafana.esSecrets" -}}
 {{- if .Values.elasticsearch.enabled -}}
-{{- $es := include "rpcscope-stack.componentName" (dict "ctx" . "component" "elasticsearch") -}}
-{{- $reader := include "rpcscope-stack.componentName" (dict "ctx" . "component" "grafana-elasticsearch") -}}
-{{- toJson (dict "credentials" (printf "%s-credentials" $reader) "ca" (printf "%s-tls" $es)) -}}
+{{- toJson (dict "credentials" (include "rpcscope-stack.logs.userSecret" (dict "ctx" . "client" "grafana-elasticsearch")) "ca" (include "rpcscope-stack.logs.esTlsSecret" .)) -}}
 {{- else -}}
-{{- toJson (dict "credentials" .Values.elasticsearch.external.credentialsSecret "ca" .Values.elasticsearch.external.caSecret) -}}
+{{- toJson (dict "credentials" .Values.elasticsearch.external.readerCredentialsSecret "ca" .Values.elasticsearch.external.caSecret) -}}
 {{- end -}}
 {{- end -}}
 
@@ -125,6 +145,9 @@ datasources:
       tlsCACert: $__file{/etc/grafana/secrets/elasticsearch-ca/ca.crt}
       {{- end }}
     {{- end }}
+{{- end }}
+{{- with $ds.extra }}
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
 

@@ -69,6 +69,67 @@ Egress to Elasticsearch: the in-chart Service on 9200, or the external URL. Args
 {{- end -}}
 {{- end -}}
 
+{{/*
+rpcscope-stack.np.scrapeTargetPorts: the ports of every target in prometheus.extraScrapeConfigs'
+static_configs ("host:port", or the scheme's default port), as a JSON list of unique integers.
+Args: $
+*/}}
+{{- define "rpcscope-stack.np.scrapeTargetPorts" -}}
+{{- $ports := list -}}
+{{- range .Values.prometheus.extraScrapeConfigs -}}
+{{- $default := ternary 443 80 (eq (toString (.scheme | default "http")) "https") -}}
+{{- range .static_configs -}}
+{{- range .targets -}}
+{{- $p := regexFind ":[0-9]+$" (toString .) | trimPrefix ":" -}}
+{{- $ports = append $ports (ternary (int $p) $default (ne $p "")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (uniq $ports) -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.np.receiverPorts: where Alertmanager connects for notifications:
+networkPolicy.alertmanagerReceivers.ports plus the port of every webhook URL and email
+smarthost in alertmanager.receivers, as a JSON list. Args: $
+*/}}
+{{- define "rpcscope-stack.np.receiverPorts" -}}
+{{- $ports := list -}}
+{{- range .Values.networkPolicy.alertmanagerReceivers.ports }}{{ $ports = append $ports (int .) }}{{ end -}}
+{{- range .Values.alertmanager.receivers -}}
+{{- with .webhook }}{{ $ports = append $ports (int (include "rpcscope-stack.urlPort" .url)) }}{{ end -}}
+{{- with .email }}{{ $ports = append $ports (int (regexFind "[0-9]+$" .smarthost)) }}{{ end -}}
+{{- end -}}
+{{- toJson (uniq $ports) -}}
+{{- end -}}
+
+{{/*
+rpcscope-stack.np.grafanaExternalPorts: ports Grafana connects to outside the cluster, derived
+from grafana.ini (the SMTP server's `smtp.host` port when `smtp.enabled`; for every enabled
+`auth.<provider>` section the ports of its auth_url/token_url/api_url, 443 by default) plus
+networkPolicy.grafanaEgress.ports, as a JSON list. Args: $
+*/}}
+{{- define "rpcscope-stack.np.grafanaExternalPorts" -}}
+{{- $ini := include "rpcscope-stack.grafana.iniValues" . | fromJson -}}
+{{- $ports := list -}}
+{{- if .Values.grafana.plugins }}{{ $ports = append $ports 443 }}{{ end -}}
+{{- range .Values.networkPolicy.grafanaEgress.ports }}{{ $ports = append $ports (int .) }}{{ end -}}
+{{- $smtp := get $ini "smtp" | default dict -}}
+{{- if eq (toString (get $smtp "enabled")) "true" -}}
+{{- $p := regexFind ":[0-9]+$" (toString (get $smtp "host" | default "")) | trimPrefix ":" -}}
+{{- $ports = append $ports (ternary (int $p) 25 (ne $p "")) -}}
+{{- end -}}
+{{- range $section, $kv := $ini -}}
+{{- if and (hasPrefix "auth." $section) (not (has $section (list "auth.anonymous" "auth.basic" "auth.proxy" "auth.jwt"))) (kindIs "map" $kv) (eq (toString (get $kv "enabled")) "true") -}}
+{{- $urls := list -}}
+{{- range $k := list "auth_url" "token_url" "api_url" }}{{ with get $kv $k }}{{ $urls = append $urls . }}{{ end }}{{ end -}}
+{{- if not $urls }}{{ $ports = append $ports 443 }}{{ end -}}
+{{- range $urls }}{{ $ports = append $ports (int (include "rpcscope-stack.urlPort" .)) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (uniq $ports) -}}
+{{- end -}}
+
 {{/* Peers of the user's instrumented services. Args: $ */}}
 {{- define "rpcscope-stack.np.instrumentedPeer" -}}
 - namespaceSelector:

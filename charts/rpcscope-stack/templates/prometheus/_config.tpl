@@ -131,6 +131,60 @@ scrape_configs:
 {{- with $p.extraScrapeConfigs }}
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- with $p.remoteWrite }}
+remote_write:
+  {{- range . }}
+  - url: {{ .url | quote }}
+    {{- with .name }}
+    name: {{ . | quote }}
+    {{- end }}
+    {{- with .basicAuth }}
+    basic_auth:
+      username: {{ .username | quote }}
+      password_file: {{ include "rpcscope-stack.prometheus.secretFile" .passwordSecret | quote }}
+    {{- end }}
+    {{- with .bearerTokenSecret }}
+    authorization:
+      type: Bearer
+      credentials_file: {{ include "rpcscope-stack.prometheus.secretFile" . | quote }}
+    {{- end }}
+    {{- with .headers }}
+    headers:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .caSecret }}
+    tls_config:
+      ca_file: {{ include "rpcscope-stack.prometheus.secretFile" . | quote }}
+    {{- end }}
+    {{- with .writeRelabelConfigs }}
+    write_relabel_configs:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .queueConfig }}
+    queue_config:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+rpcscope-stack.prometheus.secretNames: every Secret prometheus.remoteWrite references, as a JSON
+list; each is mounted read-only at /etc/prometheus/secrets/<secretName>/ and named through
+Prometheus's *_file fields, so no credential is in values, the ConfigMap or the release.
+*/}}
+{{- define "rpcscope-stack.prometheus.secretNames" -}}
+{{- $names := list -}}
+{{- range .Values.prometheus.remoteWrite -}}
+{{- with .basicAuth }}{{ $names = append $names .passwordSecret.secretName }}{{ end -}}
+{{- with .bearerTokenSecret }}{{ $names = append $names .secretName }}{{ end -}}
+{{- with .caSecret }}{{ $names = append $names .secretName }}{{ end -}}
+{{- end -}}
+{{- toJson (uniq $names) -}}
+{{- end -}}
+
+{{- define "rpcscope-stack.prometheus.secretFile" -}}
+{{- printf "/etc/prometheus/secrets/%s/%s" .secretName .key -}}
 {{- end -}}
 
 {{/*
