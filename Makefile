@@ -15,12 +15,13 @@ BENCH_ARGS ?=
 # and a C compiler with Python's headers, for the C speedups (rpcscope._speedups: log line
 # encoder, metrics fold and server request path), which the suite requires so that both the C
 # and the Python code are tested (without them the install still works, pure-Python).
-OS_PACKAGES := prometheus prometheus-alertmanager ruby gcc libc6-dev python3-dev
+OS_PACKAGES := prometheus prometheus-alertmanager ruby ruby-msgpack gcc libc6-dev python3-dev
 HAS_PYTHON_H = $(PYTHON) -c 'import os, sys, sysconfig; \
   sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
 os-deps:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
-	    || ! command -v ruby >/dev/null || ! command -v gcc >/dev/null || ! $(HAS_PYTHON_H); then \
+	    || ! command -v ruby >/dev/null || ! ruby -rmsgpack -e '' 2>/dev/null \
+	    || ! command -v gcc >/dev/null || ! $(HAS_PYTHON_H); then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(OS_PACKAGES); \

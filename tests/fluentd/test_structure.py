@@ -48,7 +48,7 @@ def test_aggregator_listens_for_forward_with_tls_and_shared_key() -> None:
     forwards = [d for d in root.walk() if d.name == "source" and d.type == "forward"]
     assert len(forwards) == 1
     assert effective(forwards[0].params["port"]) == "24224"
-    assert forwards[0].params["@label"] == "@ENRICH"
+    assert forwards[0].params["@label"] == "@FORWARDED"
 
 
 def test_tailer_reads_cri_logs_and_excludes_itself() -> None:
@@ -85,11 +85,15 @@ def test_overflow_action_default_and_override_per_role() -> None:
 
 def test_every_include_resolves_and_every_file_is_used() -> None:
     used: set[str] = set()
-    for name in ENTRY_FILES:
-        text = (CONFIG_DIR / name).read_text()
-        for inc in re.findall(r"^@include\s+(\S+)", text, flags=re.M):
-            assert (CONFIG_DIR / inc).is_file(), inc
-            used.add(inc)
+    todo = [CONFIG_DIR / name for name in ENTRY_FILES]
+    while todo:
+        path = todo.pop()
+        # Includes resolve against the including file's folder (conf.d/ files include siblings).
+        for inc in re.findall(r"^\s*@include\s+(\S+)", path.read_text(), flags=re.M):
+            target = path.parent / inc
+            assert target.is_file(), f"{path.name}: @include {inc}"
+            used.add(str(target.relative_to(CONFIG_DIR)))
+            todo.append(target)
     on_disk = {str(p.relative_to(CONFIG_DIR)) for p in (CONFIG_DIR / "conf.d").glob("*.conf")}
     assert on_disk == used, "conf.d files that no entry file includes are dead config"
 
@@ -234,7 +238,7 @@ def _mutated(tmp_path: Path, edit: tuple[str, str, str]) -> Directive:
         ),
         (
             check_labels,
-            ("conf.d/enrich.conf", "@id filter_document_id", "@id filter_data_stream_fields"),
+            ("conf.d/enrich.conf", "@id filter_data_stream_fields", "@id filter_document_id"),
             "used twice",
         ),
     ],
