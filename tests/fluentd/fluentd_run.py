@@ -347,10 +347,18 @@ class ForwardClient:
     Kept to what these tests need; rpcscope's own shipper is the product's client.
     """
 
-    def __init__(self, port: int, pki: TestPKI, shared_key: str = SHARED_KEY) -> None:
+    def __init__(
+        self,
+        port: int,
+        pki: TestPKI,
+        shared_key: str = SHARED_KEY,
+        server_hostname: str = "localhost",
+    ) -> None:
+        """Connect to 127.0.0.1:`port`, verifying the certificate against `pki.ca` for
+        `server_hostname` (the name a real client would dial)."""
         context = ssl.create_default_context(cafile=str(pki.ca))
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        self.sock = context.wrap_socket(raw, server_hostname=server_hostname)
         self.unpacker = msgpack.Unpacker(raw=False)
         helo = self._read()
         assert helo[0] == "HELO", helo

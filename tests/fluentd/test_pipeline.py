@@ -8,8 +8,10 @@ unless RPCSCOPE_FLUENTD_CMD is set (fluentd_run.py says how).
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -334,3 +336,51 @@ def test_a_full_aggregator_buffer_withholds_the_ack_and_loses_nothing(
     assert sorted(d["message"] for d in docs) == sorted(
         r["message"] for n in [*acked, refused] for r in batch(n)
     )
+
+
+def test_the_charts_client_secret_ships_to_the_aggregator_it_renders(
+    tmp_path: Path,
+    es: BulkStandIn,
+    pki: TestPKI,
+    fluentd: Callable[[str, dict[str, str]], Fluentd],
+) -> None:
+    """fluentd.aggregator.forward.external: the aggregator runs with the certificate and shared
+    key the chart renders; a client holding only the chart's client Secret (endpoint, shared-key,
+    ca.crt) connects, verifies the certificate for the endpoint's host name, and ships."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
+    from chart_render import render
+
+    r = render({"fluentd": {"aggregator": {"forward": {"external": {
+        "enabled": True, "namespaces": ["batch"]}}}}})  # fmt: skip
+    agg = r.name("fluentd-aggregator")
+    client = next(
+        s for s in r.of_kind("Secret")
+        if s["metadata"]["name"] == f"{agg}-client" and s["metadata"]["namespace"] == "batch"
+    )  # fmt: skip
+    secret = {k: base64.b64decode(v) for k, v in client["data"].items()}
+    tls = r.secret_data(f"{agg}-tls")
+    files = tmp_path / "chart"
+    files.mkdir()
+    for name, data in (("tls.crt", tls["tls.crt"]), ("tls.key", tls["tls.key"]),
+                       ("ca.crt", secret["ca.crt"])):  # fmt: skip
+        (files / name).write_bytes(data)
+    chart_pki = TestPKI(files / "ca.crt", files / "tls.crt", files / "tls.key")
+
+    port = free_port()
+    env = aggregator_env(tmp_path / "aggregator", es, pki, port)
+    (files / "shared-key").write_bytes(r.secret_data(f"{agg}-credentials")["shared-key"])
+    env |= {
+        "FLUENT_FORWARD_TLS_CERT_PATH": str(chart_pki.cert),
+        "FLUENT_FORWARD_TLS_KEY_PATH": str(chart_pki.key),
+        "FLUENT_FORWARD_SHARED_KEY_FILE": str(files / "shared-key"),
+    }
+    fluentd("aggregator.conf", env)
+    host = secret["endpoint"].decode().rsplit(":", 1)[0]
+    sender = ForwardClient(port, chart_pki, secret["shared-key"].decode(), server_hostname=host)
+    sender.send("rpcscope.app", [{"log.logger": "batch.job", "message": "shipped directly"}])
+    sender.close()
+    [doc] = wait_for("the document", es.all_documents)
+    assert (doc["_index"], doc["message"]) == (APP, "shipped directly")
+    # A wrong key is refused in the handshake.
+    with pytest.raises(AssertionError, match="PONG"):
+        ForwardClient(port, chart_pki, "not-the-key", server_hostname=host)
