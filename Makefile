@@ -11,11 +11,12 @@ BENCH_ARGS ?=
 .PHONY: demo test lint typecheck unit bench bench-forward bench-instructions os-deps venv generate check-generated clean
 
 # The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool, and
-# Ruby (the Fluentd config's record_transformer expressions are evaluated on sample records).
-OS_PACKAGES := prometheus prometheus-alertmanager ruby
+# Ruby with msgpack (the Fluentd config's record_transformer expressions and its document-id
+# rule are evaluated on sample records).
+OS_PACKAGES := prometheus prometheus-alertmanager ruby ruby-msgpack
 os-deps:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
-	    || ! command -v ruby >/dev/null; then \
+	    || ! command -v ruby >/dev/null || ! ruby -rmsgpack -e '' 2>/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(OS_PACKAGES); \

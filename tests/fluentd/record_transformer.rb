@@ -4,6 +4,9 @@
 # remove_keys}]}; output (stdout, JSON): the record after every filter in order.
 require "json"
 require "time"
+# Fluentd has both loaded when it evaluates expressions (document-id.conf uses them).
+require "digest"
+require "msgpack"
 
 # Like Fluentd's cleanroom: the expression sees only tag, time, record, tag_parts, tag_prefix,
 # tag_suffix and hostname, not the helper's own methods.

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -26,14 +25,16 @@ ECS_FIELDS = {
 }
 # Non-ECS trees the input plugins and kubernetes_metadata add; the config must drop them.
 NON_ECS_KEYS = {"kubernetes", "docker", "stream", "logtag"}
-ISO_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 
 
 def _transformers(root: Directive) -> dict[str, Directive]:
+    """record_transformers that shape documents (not the dead-letter's, on Fluentd's own log)."""
     return {
         d.params["@id"]: d
         for d in root.walk()
-        if d.name == "filter" and d.type == "record_transformer"
+        if d.name == "filter"
+        and d.type == "record_transformer"
+        and not d.arg.startswith("fluent.")
     }
 
 
@@ -48,6 +49,8 @@ def _written_fields(root: Directive) -> set[str]:
             fields.add(d.params["hash_id_key"])
         if d.type == "tail" and "path_key" in d.params:
             fields.add(d.params["path_key"])
+        if d.type == "elasticsearch" and d.params.get("include_timestamp") == "true":
+            fields.add("@timestamp")
     return fields
 
 
@@ -62,6 +65,27 @@ def test_config_writes_exactly_the_listed_ecs_fields() -> None:
 def test_kubernetes_trees_are_removed_after_mapping() -> None:
     t = _transformers(parse_file(CONFIG_DIR / "daemonset.conf"))["filter_kubernetes_to_ecs"]
     assert set(t.params["remove_keys"].split(",")) == NON_ECS_KEYS
+
+
+def test_no_record_key_uses_fluentds_reserved_at_prefix() -> None:
+    """Fluentd warns on (and a later Fluentd rejects) parameters named "@..." it does not know;
+    @timestamp comes from the Elasticsearch output's include_timestamp instead."""
+    for entry in ("daemonset.conf", "aggregator.conf"):
+        root = parse_file(CONFIG_DIR / entry)
+        for t in _transformers(root).values():
+            record = t.child("record")
+            assert record is not None
+            assert not [k for k in record.params if k.startswith("@")], t.source
+        [es] = [d for d in root.walk() if d.name == "match" and d.type == "elasticsearch"]
+        assert es.params["include_timestamp"] == "true"
+
+
+def test_cri_time_string_is_not_kept_as_a_field() -> None:
+    root = parse_file(CONFIG_DIR / "daemonset.conf")
+    [tail] = [d for d in root.walk() if d.name == "source" and d.type == "tail"]
+    parse = tail.child("parse")
+    assert parse is not None and parse.type == "cri"
+    assert parse.params["keep_time_key"] == "false"
 
 
 def test_defaults_follow_the_frozen_schema() -> None:
@@ -79,6 +103,12 @@ RUBY = shutil.which("ruby")
 needs_ruby = pytest.mark.skipif(
     RUBY is None,
     reason="ruby is not installed: the record_transformer expressions are not evaluated",
+)
+needs_ruby_msgpack = pytest.mark.skipif(
+    RUBY is None
+    or subprocess.run([RUBY, "-rmsgpack", "-e", ""], capture_output=True, check=False).returncode,
+    reason="ruby or its msgpack library (Debian ruby-msgpack) is missing: the document-id "
+    "expression is not evaluated",
 )
 
 
@@ -174,12 +204,10 @@ def test_plain_text_line_gets_fallbacks_and_the_app_data_stream() -> None:
     assert out["data_stream.dataset"] == "rpcscope.app"
     assert out["data_stream.namespace"] == "prod"
     assert out["ecs.version"] == schema.ECS_VERSION
-    # No @timestamp in the line: the CRI time of the event, UTC, nanoseconds.
-    assert ISO_NS.match(out["@timestamp"]), out["@timestamp"]
-    expected = datetime.fromtimestamp(1764130001.5, tz=timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%f"
-    )
-    assert out["@timestamp"] == expected + "000Z"
+    assert out["labels.stream"] == "stderr"
+    # No @timestamp in the line: the Elasticsearch output adds the event time (include_timestamp,
+    # checked end to end in test_pipeline.py).
+    assert "@timestamp" not in out
     assert set(out) - {"message"} <= ECS_FIELDS
 
 
@@ -226,3 +254,69 @@ def test_readme_example_is_what_the_config_produces() -> None:
     for key, value in example.items():
         assert out.get(key) == value, key
     assert f"logs-{out['data_stream.dataset']}-{out['data_stream.namespace']}" in section
+
+
+# --- document ids ----------------------------------------------------------------------------
+
+FORWARD_TAG = "rpcscope.access"
+TAIL_ONLY = ("stream", "logtag", "log.file.path")
+
+
+def _as_tailed_and_forwarded() -> tuple[dict[str, Any], dict[str, Any]]:
+    """One access-log record as the document-id filter sees it on each path.
+
+    Tailed: after JSON parsing, before Kubernetes metadata (so with the tail input's stream,
+    logtag and log.file.path); forwarded: exactly what the application sent, under another tag
+    and another event time.
+    """
+    sample = json.loads(
+        (HERE / "samples" / "access_log_after_kubernetes_metadata.json").read_text()
+    )
+    record = {k: v for k, v in sample["record"].items() if k not in ("kubernetes", "docker")}
+    tailed = {"tag": sample["tag"], "time": sample["time"], "record": record}
+    app = {k: v for k, v in record.items() if k not in TAIL_ONLY}
+    forwarded = {"tag": FORWARD_TAG, "time": sample["time"] + 0.25, "record": app}
+    return tailed, forwarded
+
+
+def _id(payload: dict[str, Any]) -> str:
+    event_id: str = _run(payload, ["filter_document_id"])["event.id"]
+    return event_id
+
+
+def test_document_id_is_computed_before_anything_is_added() -> None:
+    """Tailer: after JSON parsing, before kubernetes_metadata; aggregator: after in_forward."""
+    order = [
+        d.params.get("@id")
+        for d in parse_file(CONFIG_DIR / "daemonset.conf").walk()
+        if d.name == "filter"
+    ]
+    assert order.index("filter_parse_json_payload") < order.index("filter_document_id")
+    assert order.index("filter_document_id") < order.index("filter_kubernetes_metadata")
+    root = parse_file(CONFIG_DIR / "aggregator.conf")
+    [forward] = [d for d in root.walk() if d.name == "source" and d.type == "forward"]
+    [label] = [d for d in root.children if d.name == "label" and d.arg == forward.params["@label"]]
+    assert [d.params["@id"] for d in label.children if d.name == "filter"] == ["filter_document_id"]
+    assert not [d for d in root.walk() if d.type == "elasticsearch_genid"]
+
+
+@needs_ruby_msgpack
+def test_a_record_tailed_or_forwarded_or_resent_gets_one_document_id() -> None:
+    tailed, forwarded = _as_tailed_and_forwarded()
+    event_id = _id(tailed)
+    assert re.fullmatch(r"[0-9a-f]{64}", event_id)
+    assert _id(forwarded) == event_id
+    # Key order does not matter, and an event.id sent by the sender is replaced.
+    shuffled = dict(reversed(list(forwarded["record"].items())))
+    assert _id(forwarded | {"record": shuffled | {"event.id": "chosen-by-sender"}}) == event_id
+
+
+@needs_ruby_msgpack
+def test_different_records_get_different_document_ids() -> None:
+    _, forwarded = _as_tailed_and_forwarded()
+    other = forwarded["record"] | {"span.id": "00f067aa0ba902b8"}
+    assert _id(forwarded | {"record": other}) != _id(forwarded)
+    # A line without its own @timestamp is told apart by its event time (the CRI time).
+    line = {"tag": "kubernetes.x", "time": 1764130001.5, "record": {"message": "retrying"}}
+    assert _id(line) == _id(line | {"tag": "kubernetes.y"})
+    assert _id(line | {"time": 1764130001.500001}) != _id(line)

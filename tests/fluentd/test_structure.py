@@ -48,7 +48,7 @@ def test_aggregator_listens_for_forward_with_tls_and_shared_key() -> None:
     forwards = [d for d in root.walk() if d.name == "source" and d.type == "forward"]
     assert len(forwards) == 1
     assert effective(forwards[0].params["port"]) == "24224"
-    assert forwards[0].params["@label"] == "@ENRICH"
+    assert forwards[0].params["@label"] == "@FORWARDED"
 
 
 def test_tailer_reads_cri_logs_and_excludes_itself() -> None:
@@ -237,7 +237,7 @@ def _mutated(tmp_path: Path, edit: tuple[str, str, str]) -> Directive:
         ),
         (
             check_labels,
-            ("conf.d/enrich.conf", "@id filter_document_id", "@id filter_data_stream_fields"),
+            ("conf.d/enrich.conf", "@id filter_data_stream_fields", "@id filter_document_id"),
             "used twice",
         ),
     ],
