@@ -4,11 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
-DEMO_ARGS ?= --duration 20
+DEMO_ARGS ?=
 BENCH_ARGS ?=
 
 
-.PHONY: demo test lint typecheck unit bench bench-forward bench-instructions os-deps venv generate check-generated clean
+.PHONY: demo test lint typecheck unit bench bench-forward bench-instructions os-deps demo-os-deps venv runtime-venv generate check-generated clean
 
 # The OS packages the suite runs for real: Prometheus + promtool, Alertmanager + amtool, and
 # Ruby with msgpack (the Fluentd config's record_transformer expressions and its document-id
@@ -22,20 +22,41 @@ os-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(OS_PACKAGES); \
 	fi
 
+# What `make demo` runs for real: Prometheus and Alertmanager (without them the demo still
+# runs, and says what it skipped).
+DEMO_OS_PACKAGES := prometheus prometheus-alertmanager
+demo-os-deps:
+	@if ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(DEMO_OS_PACKAGES); \
+	fi
+
 # Debian's python3 makes no venv without python3-venv: install it then, and only then.
-$(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+MAKE_VENV = test -x $(PY) || $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  rm -rf $(VENV); SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q python3-venv && \
 	  $(PYTHON) -m venv $(VENV); }
+
+# The suite's environment: rpcscope with the test and bench extras.
+$(VENV)/.installed: pyproject.toml
+	@$(MAKE_VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,bench]'
+	@touch $@ $(VENV)/.runtime
+
+# The demo's: rpcscope and its runtime dependencies only (a test venv has them too).
+$(VENV)/.runtime: pyproject.toml
+	@$(MAKE_VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
 	@touch $@
 
 venv: $(VENV)/.installed
+runtime-venv: $(VENV)/.runtime
 
-demo: venv
+demo: demo-os-deps runtime-venv
 	$(VENV)/bin/rpcscope demo $(DEMO_ARGS)
 
 lint: venv
