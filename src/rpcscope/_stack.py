@@ -163,6 +163,7 @@ class Webhook:
 
     def __init__(self, port: int) -> None:
         self.alerts: list[dict[str, Any]] = []
+        self._last: dict[tuple[tuple[str, str], ...], str] = {}
         self._lock = threading.Lock()
         self._started = time.monotonic()
         hook = self
@@ -187,9 +188,16 @@ class Webhook:
         self._thread.start()
 
     def receive(self, notification: dict[str, Any]) -> None:
+        """Keep each alert's changes: a notification repeats every alert of its group, so an
+        alert is recorded when it first fires and when its status changes, not every time."""
         now = time.time()
         with self._lock:
             for alert in notification.get("alerts", []):
+                key = tuple(sorted(alert["labels"].items()))
+                status = alert.get("status", "")
+                if self._last.get(key) == status:
+                    continue
+                self._last[key] = status
                 self.alerts.append({
                     "alertname": alert["labels"].get("alertname", ""),
                     "labels": dict(alert["labels"]),
