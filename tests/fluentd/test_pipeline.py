@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import grpc
 import pytest
 from fluentd_run import (
     CMD,
+    SHARED_KEY,
     SKIP_REASON,
     BulkStandIn,
     Fluentd,
@@ -384,3 +386,49 @@ def test_the_charts_client_secret_ships_to_the_aggregator_it_renders(
     # A wrong key is refused in the handshake.
     with pytest.raises(AssertionError, match="PONG"):
         ForwardClient(port, chart_pki, "not-the-key", server_hostname=host)
+
+
+def test_the_shipper_of_a_real_service_delivers_to_the_real_aggregator(
+    tmp_path: Path,
+    es: BulkStandIn,
+    pki: TestPKI,
+    fluentd: Callable[[str, dict[str, str]], Fluentd],
+    serve_sync: Callable[..., int],
+    sync_channel: Callable[..., grpc.Channel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rpcscope's own shipper, configured as a user would (environment only), into the
+    project's aggregator config in a real Fluentd, over TLS with the shared key: every access
+    and application record becomes one document of the right data stream, with the
+    shipper's acknowledgements counted as delivered."""
+    port = free_port()
+    fluentd("aggregator.conf", aggregator_env(tmp_path / "aggregator", es, pki, port))
+    key = tmp_path / "shared-key"
+    key.write_text(SHARED_KEY + "\n")
+    monkeypatch.setenv("RPCSCOPE_FLUENTD", f"tls://localhost:{port}")
+    monkeypatch.setenv("RPCSCOPE_FLUENTD_SHARED_KEY_FILE", str(key))
+    monkeypatch.setenv("RPCSCOPE_FLUENTD_TLS_CA", str(pki.ca))
+    scope = rpcscope.Scope(service="shop", registry=CollectorRegistry(), log_client_calls=False)
+    try:
+        unary = sync_channel(serve_sync(scope.server_interceptors())).unary_unary(
+            "/test.v1.Echo/Unary")
+        app = logging.getLogger("shop.orders")
+        app.addHandler(scope.logging_handler())
+        app.setLevel(logging.INFO)
+        for _ in range(5):
+            unary(b"ok")
+        with pytest.raises(grpc.RpcError):
+            unary(b"abort:NOT_FOUND")
+        app.info("order 42 placed")
+        scope.flush(timeout=30)
+        assert scope.stats()["logs"] == {"emitted": 7, "delivered": 7, "dropped": 0}
+    finally:
+        scope.close(timeout=10)
+    wait_for("7 documents", lambda: len(es.all_documents()) >= 7)
+    docs = es.all_documents()
+    by_index: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_index.setdefault(doc["_index"], []).append(doc)
+    assert sorted(d["grpc.code"] for d in by_index[ACCESS]) == ["NotFound"] + ["OK"] * 5
+    assert [d["message"] for d in by_index[APP]] == ["order 42 placed"]
+    assert len({d["_id"] for d in docs}) == 7
