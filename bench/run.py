@@ -203,6 +203,17 @@ def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
     return {cpus[-1]}, set(cpus[:-1])
 
 
+def keep_forward_section(doc: str, previous: str) -> str:
+    """``doc`` with the shipper's section of ``previous`` (``make bench-forward`` writes it)
+    appended unchanged: each benchmark rewrites only its own part of docs/benchmarks.md."""
+    from forward import BEGIN, END
+
+    if BEGIN not in previous or END not in previous:
+        return doc
+    section = previous[previous.index(BEGIN):previous.index(END) + len(END)]
+    return doc.rstrip("\n") + "\n\n" + section + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -224,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     verdict = verdicts(rows, args.modes, args.seed)
     print_summary(rows, verdict, slots)
     doc = render(args, argv, info, slots, rows, verdict, started, wall, micro)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(doc, encoding="utf-8")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = keep_forward_section(doc, out.read_text(encoding="utf-8") if out.exists() else "")
+    out.write_text(doc, encoding="utf-8")
     log(f"wrote {args.out}")
     if args.json:
         Path(args.json).write_text(
