@@ -72,6 +72,15 @@ class _PublicOnlyContext:
     def time_remaining(self) -> float:
         return 2.5
 
+    def code(self) -> Any:
+        return None
+
+    def details(self) -> Any:
+        return None
+
+    def is_active(self) -> bool:
+        return True
+
 
 class _OtherEventContext(_PublicOnlyContext):
     """A grpcio whose per-call event has another shape than the one read directly."""
@@ -79,21 +88,27 @@ class _OtherEventContext(_PublicOnlyContext):
     _rpc_event = object()
 
 
+class _Details:
+    """``grpc.HandlerCallDetails`` of the call the interceptor is asked to wrap."""
+
+    method = "/t.v1.T/M"
+    invocation_metadata = ()
+
+
 @pytest.mark.parametrize("context", [_PublicOnlyContext(), _OtherEventContext()],
                          ids=["no-event", "other-event"])
 def test_without_grpc_internals_the_public_methods_give_the_same_record(
         make_scope: Callable[..., rpcscope.Scope], sink: CaptureSink, context: Any) -> None:
+    """Through the public interceptor, as grpc calls it, with such a context."""
     scope = make_scope()
-    pipe = scope._server_pipe
-    info = scope._server_table.lookup("/t.v1.T/M", "unary")
-    assert info is not None
-    record = pipe.start_server(info, context)
-    assert (record.peer, record.deadline, record.metadata) == (
-        "ipv4:10.0.0.1:1234", 2.5, (("user-agent", "ua/1"),))
-    pipe.finish(record)
+    (interceptor,) = scope.server_interceptors()
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, ctx: b"reply")
+    wrapped = interceptor.intercept_service(lambda details: handler, _Details())
+    assert wrapped.unary_unary(b"x", context) == b"reply"
     scope.flush()
     (doc,) = sink.access_logs("server")
     assert doc["client.address"] == "ipv4:10.0.0.1:1234"
     assert doc["grpc.request.deadline_seconds"] == 2.5
     assert doc["grpc.request.metadata"] == {"user-agent": "ua/1"}
+    assert doc["grpc.code"] == "OK"
     assert scope.stats()["instrumentation_errors"] == 0
