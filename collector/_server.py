@@ -85,9 +85,10 @@ def _finisher(pipe: Pipeline, aio: bool) -> _Finish:
     ``Canceled``, not the handler's ``OK``. So on a sync server a streaming call that ends
     without a status of its own (the handler returned, or grpc stopped asking for responses)
     is decided when grpc ends the call: the record is timed at the handler's end and its code
-    waits for grpc's termination callback. On grpc.aio the wrappers yield to the event loop
-    once after such a handler (:func:`_settle`), where grpc delivers the cancellation to the
-    call's task as ``CancelledError``.
+    waits for grpc's termination callback. On grpc.aio the end of a request stream yields to
+    the event loop once (:func:`_settle`), where grpc delivers the cancellation to the call's
+    task as ``CancelledError``, as Go's ``Recv`` returns it; a response generator that grpc
+    stops iterating (``GeneratorExit``) was cancelled too.
     """
     errors, stop, submit = pipe.errors, pipe.stop, pipe.submit
 
@@ -113,7 +114,10 @@ def _finisher(pipe: Pipeline, aio: bool) -> _Finish:
             if code is not None and code is not _OK:
                 _explicit_status(record, context, code)
             elif (state.client == _CANCELLED if state is not None
-                  else (isinstance(error, asyncio.CancelledError) or context.cancelled()) if aio
+                  # aio: grpc cancels the call's task, or (a response in flight) stops
+                  # iterating the handler's generator, which then sees GeneratorExit.
+                  else (isinstance(error, asyncio.CancelledError | GeneratorExit)
+                        or context.cancelled()) if aio
                   else not context.is_active()):
                 record.code = "DeadlineExceeded" if _expired(context) else "Canceled"
             elif error is not None and not (streaming and isinstance(error, GeneratorExit)):
@@ -140,8 +144,10 @@ def _finisher(pipe: Pipeline, aio: bool) -> _Finish:
 
 
 async def _settle() -> None:
-    """Yield to the event loop once: a client's cancellation that ended the handler's request
-    stream quietly reaches this task now, as ``CancelledError`` (see :func:`_finisher`)."""
+    """Yield to the event loop once: a client's cancellation that ended the request stream
+    quietly reaches the call's task now, as ``CancelledError`` (see :func:`_finisher`), when
+    grpc delivered both events together (on a busy machine it may deliver the cancellation
+    later, after the handler finished: the call then counts the handler's outcome)."""
     await asyncio.sleep(0)
 
 
@@ -189,7 +195,11 @@ class _AsyncCountingIterator:
     async def __anext__(self) -> Any:
         if self._it is None:
             self._it = self._source.__aiter__()
-        item = await self._it.__anext__()
+        try:
+            item = await self._it.__anext__()
+        except StopAsyncIteration:
+            await _settle()  # a cancellation that ended the stream surfaces here, as in Go
+            raise
         self._record.msgs_in += 1
         return item
 
@@ -430,7 +440,6 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                         else _AsyncCountingIterator(request_iterator, record)
                     )
                     response = await behavior(requests, _CountingContext(context, record))
-                    await _settle()
                 except BaseException as error:
                     finish(record, context, error, False, True)
                     raise
@@ -456,8 +465,6 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                     async for response in behavior(request, context):
                         yield response
                         record.msgs_out += 1  # resumed only after grpc wrote it: see _responses
-                    if streaming_in:
-                        await _settle()
                 except BaseException as error:
                     finish(record, context, error, False, True)
                     raise
@@ -477,8 +484,6 @@ class AioServerInterceptor(_ServerBase, grpc.aio.ServerInterceptor):  # type: ig
                     record.msgs_in = 1
                 try:
                     result = await behavior(request, _CountingContext(context, record))
-                    if streaming_in:
-                        await _settle()
                 except BaseException as error:
                     finish(record, context, error, False, True)
                     raise
@@ -584,7 +589,9 @@ class _CountingContext:
 
     async def read(self) -> Any:
         message = await self._context.read()
-        if message is not grpc.aio.EOF:
+        if message is grpc.aio.EOF:
+            await _settle()  # see _AsyncCountingIterator
+        else:
             self._record.msgs_in += 1
         return message
 
