@@ -7,6 +7,7 @@ Field names are ECS 8 (``@timestamp``, ``log.level``, ``trace.id`` …) plus Ope
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -44,30 +45,23 @@ def level_for(code: str) -> str:
     return "error" if is_server_fault(code) else _CLIENT_FAULT_LEVEL
 
 
-#: The last second :func:`iso_utc` formatted, and its text: records of one batch mostly share
-#: their second. One tuple, swapped whole: a race between threads costs a recomputation only.
-_last_second: tuple[int, str] = (-1, "")
+@functools.lru_cache(maxsize=64)
+def _second_text(seconds: int) -> str:
+    """A second as ISO 8601 text, cached: the records of one batch mostly share their second."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def iso_utc(wall_ns: int) -> str:
-    global _last_second
     seconds, nanos = divmod(wall_ns, 1_000_000_000)
-    cached = _last_second
-    if cached[0] == seconds:
-        base = cached[1]
-    else:
-        base = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _last_second = (seconds, base)
-    return f"{base}.{nanos // 1000:06d}Z"
+    return f"{_second_text(seconds)}.{nanos // 1000:06d}Z"
 
 
 #: This process's pid, kept current across fork: the identity fields are built once per pid.
-_pid = os.getpid()
+_PID: Final = [os.getpid()]
 
 
 def _after_fork() -> None:
-    global _pid
-    _pid = os.getpid()
+    _PID[0] = os.getpid()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -88,14 +82,15 @@ class Identity:
         """The fields as one dict, to merge into a document in one ``update``; rebuilt in a
         forked child (its pid)."""
         fields = self._fields
-        if fields.get("process.pid") != _pid:
+        pid = _PID[0]
+        if fields.get("process.pid") != pid:
             fields = {"service.name": self.name}
             if self.version:
                 fields["service.version"] = self.version
             if self.environment:
                 fields["service.environment"] = self.environment
             fields["host.name"] = HOSTNAME
-            fields["process.pid"] = _pid
+            fields["process.pid"] = pid
             self._fields = fields
         return fields
 
