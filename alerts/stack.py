@@ -47,6 +47,8 @@ from rpcscope import schema
 
 TARGET_BY = (c.NAMESPACE_LABEL, c.JOB_LABEL)
 SERVICE_BY = (c.NAMESPACE_LABEL, schema.LABEL_SERVICE)
+#: Records waiting this long without any ack mean Fluentd (or the way to it) is not taking them.
+FORWARD_NO_ACK_SECONDS: Final = 120
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,81 @@ def grpc_alerts() -> list[Alert]:
             "cannot keep up or gave up delivering, so Kibana misses those calls.",
             a.dashboard_path(overview, "Access-log records by outcome",
                              {c.JOB_LABEL: "{{ $labels.job | urlquery }}"}),
+        ),
+    ]
+
+
+def forward_alerts() -> list[Alert]:
+    """The Fluentd Forward shipper's own health (ForwardSink, docs/fluentd-forward.md).
+
+    ``seconds_since_last_ack`` keeps growing in a process that has nothing to send, so the
+    no-ack alert only counts processes with records waiting in memory or on disk."""
+    overview = grpc_overview.build_dashboard()
+    job_var = {c.JOB_LABEL: "{{ $labels.job | urlquery }}"}
+    records = schema.FORWARD_RECORDS
+    waiting = f"{schema.FORWARD_QUEUE_BYTES} + {schema.FORWARD_SPILL_BYTES}"
+    no_ack = (
+        f"max by ({', '.join(TARGET_BY)}) "
+        f"(({schema.FORWARD_SECONDS_SINCE_ACK} > {FORWARD_NO_ACK_SECONDS}) and ({waiting} > 0))"
+    )
+    return [
+        Alert(
+            "RpcscopeForwardNoAck",
+            _as_service(no_ack, c.JOB_LABEL),
+            "5m",
+            a.WARNING,
+            "Fluentd has acknowledged nothing from {{ $labels.job }} while records wait",
+            "A process of {{ $labels.job }} has records waiting to be shipped, and Fluentd last "
+            "acknowledged one of its batches {{ $value | humanize }} seconds ago "
+            f"({schema.FORWARD_SECONDS_SINCE_ACK}). The shipper keeps the records (memory, "
+            "then the spill directory) and retries, but they are not in Elasticsearch yet.",
+            a.dashboard_path(overview, "Fluentd shipper: connection", job_var),
+        ),
+        Alert(
+            "RpcscopeForwardSpilling",
+            _as_service(
+                _rate(records, {schema.LABEL_OUTCOME: "spilled"}, by=TARGET_BY) + " > 0",
+                c.JOB_LABEL,
+            ),
+            "10m",
+            a.WARNING,
+            "{{ $labels.job }} is spilling log records to disk",
+            "{{ $labels.job }} writes {{ $value | humanize }} log records per second to its "
+            f'spill directory ({records}{{{schema.LABEL_OUTCOME}="spilled"}}): its memory '
+            "buffer is full because Fluentd takes less than the service produces, or is away. "
+            "Nothing is lost while the spill has room; once it is full, records are dropped.",
+            a.dashboard_path(overview, "Fluentd shipper: backlog", job_var),
+        ),
+        Alert(
+            "RpcscopeForwardDeadLetters",
+            _as_service(
+                _inc(records, {schema.LABEL_OUTCOME: "dead_lettered"}, by=TARGET_BY) + " > 0",
+                c.JOB_LABEL,
+            ),
+            "0s",
+            a.WARNING,
+            "{{ $labels.job }} wrote log records to its dead-letter file",
+            "{{ $value | humanize }} log records of {{ $labels.job }} went to the shipper's "
+            "dead-letter file in the last 10 minutes "
+            f'({records}{{{schema.LABEL_OUTCOME}="dead_lettered"}}): Fluentd refused each of '
+            "them alone, even after its batch was split. They are on the service's disk, not "
+            "in Elasticsearch.",
+            a.dashboard_path(overview, "Fluentd shipper: records by outcome", job_var),
+        ),
+        Alert(
+            "RpcscopeForwardRecordsDropped",
+            _as_service(
+                _inc(schema.FORWARD_DROPPED, by=(*TARGET_BY, schema.LABEL_REASON)) + " > 0",
+                c.JOB_LABEL,
+            ),
+            "0s",
+            a.WARNING,
+            "{{ $labels.job }} lost log records in its Fluentd shipper ({{ $labels.reason }})",
+            "The shipper of {{ $labels.job }} dropped {{ $value | humanize }} log records in "
+            "the last 10 minutes for the reason {{ $labels.reason }} "
+            f"({schema.FORWARD_DROPPED}). They are lost: no Fluentd, no spill and no "
+            "dead-letter file has them.",
+            a.dashboard_path(overview, "Fluentd shipper: dropped records", job_var),
         ),
     ]
 
@@ -330,6 +407,7 @@ def prometheus_alerts() -> list[Alert]:
 #: File name (without .yaml) -> (group name, alerts).
 GROUPS: Final = {
     "grpc": ("rpcscope-grpc", grpc_alerts),
+    "forward": ("rpcscope-forward", forward_alerts),
     "targets": ("rpcscope-targets", target_alerts),
     "fluentd": ("rpcscope-fluentd", fluentd_alerts),
     "elasticsearch": ("rpcscope-elasticsearch", elasticsearch_alerts),

@@ -240,15 +240,30 @@ class LoggingHandler(logging.Handler):
         super().__init__(level)
         self._batcher = batcher
 
+    def handle(self, record: logging.LogRecord) -> Any:
+        """``Handler.handle`` without the handler lock: ``emit`` only appends to a deque (atomic
+        under the GIL), so threads that log never wait for each other here."""
+        rv: Any = True
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return rv
+            if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may replace it
+                record = rv
+        self.emit(record)
+        return rv
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             # Resolve the message and ids now: args may change and the context is ours only now.
-            record.message = record.getMessage()
-            record.msg, record.args = record.message, None
+            record.message = message = record.getMessage()
+            record.msg = message
+            record.args = None
             record.rpcscope_ids = capture_ids()
             batcher = self._batcher
-            batcher.pending.append(record)
-            if batcher.thread is None or len(batcher.pending) > batcher.max_pending:
+            pending = batcher.pending
+            pending.append(record)
+            if batcher.thread is None or len(pending) > batcher.max_pending:
                 batcher.kick()
         except Exception:
             self.handleError(record)

@@ -7,6 +7,7 @@ Field names are ECS 8 (``@timestamp``, ``log.level``, ``trace.id`` …) plus Ope
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -44,30 +45,57 @@ def level_for(code: str) -> str:
     return "error" if is_server_fault(code) else _CLIENT_FAULT_LEVEL
 
 
+@functools.lru_cache(maxsize=64)
+def _second_text(seconds: int) -> str:
+    """A second as ISO 8601 text, cached: the records of one batch mostly share their second."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def iso_utc(wall_ns: int) -> str:
     seconds, nanos = divmod(wall_ns, 1_000_000_000)
-    base = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{nanos // 1000:06d}Z"
+    return f"{_second_text(seconds)}.{nanos // 1000:06d}Z"
+
+
+#: This process's pid, kept current across fork: the identity fields are built once per pid.
+_PID: Final = [os.getpid()]
+
+
+def _after_fork() -> None:
+    _PID[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class Identity:
-    """The ``service.*`` / host fields every document carries."""
+    """The ``service.*`` / host fields every document carries (fixed once constructed)."""
 
-    __slots__ = ("environment", "name", "version")
+    __slots__ = ("_fields", "environment", "name", "version")
 
     def __init__(self, name: str, version: str | None, environment: str | None) -> None:
         self.name = name
         self.version = version
         self.environment = environment
+        self._fields: dict[str, Any] = {}
+
+    def fields(self) -> dict[str, Any]:
+        """The fields as one dict, to merge into a document in one ``update``; rebuilt in a
+        forked child (its pid)."""
+        fields = self._fields
+        pid = _PID[0]
+        if fields.get("process.pid") != pid:
+            fields = {"service.name": self.name}
+            if self.version:
+                fields["service.version"] = self.version
+            if self.environment:
+                fields["service.environment"] = self.environment
+            fields["host.name"] = HOSTNAME
+            fields["process.pid"] = pid
+            self._fields = fields
+        return fields
 
     def apply(self, doc: dict[str, Any]) -> None:
-        doc["service.name"] = self.name
-        if self.version:
-            doc["service.version"] = self.version
-        if self.environment:
-            doc["service.environment"] = self.environment
-        doc["host.name"] = HOSTNAME
-        doc["process.pid"] = os.getpid()
+        doc.update(self.fields())
 
 
 def call_document(record: CallRecord, identity: Identity) -> dict[str, Any]:
@@ -132,13 +160,19 @@ def _is_abort(error: BaseException) -> bool:
 
 _OWN: Final = frozenset(("message", "rpcscope_ids"))
 _RESERVED: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+#: Attributes that are not the caller's ``extra=``: one C-level set difference per record finds
+#: whether there is any extra at all (most records have none).
+_NOT_EXTRA: Final = _RESERVED | _OWN
+_LEVELS: Final = {name: name.lower() for name in
+                  ("CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "NOTSET")}
 
 
 def log_record_document(record: logging.LogRecord, identity: Identity | None) -> dict[str, Any]:
     """An application ``logging`` record as an ECS document, with the current trace ids."""
+    level = record.levelname
     doc: dict[str, Any] = {
         "@timestamp": iso_utc(int(record.created * 1e9)),
-        "log.level": record.levelname.lower(),
+        "log.level": _LEVELS.get(level) or level.lower(),
         "message": record.getMessage(),
         "ecs.version": schema.ECS_VERSION,
         "log.logger": record.name,
@@ -148,22 +182,23 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
         "process.thread.name": record.threadName,
     }
     if identity is not None:
-        identity.apply(doc)
+        doc.update(identity.fields())
     else:
         doc["process.pid"] = record.process
     # A record queued by LoggingHandler carries the ids of the thread that logged it; a record
     # formatted in place (EcsFormatter) reads them from the current context.
     captured = record.rpcscope_ids if hasattr(record, "rpcscope_ids") else capture_ids()
-    ids = format_ids(captured)
-    if ids is not None:
-        doc["trace.id"], doc["span.id"] = ids
+    if captured is not None:
+        ids = resolve_ids(captured)
+        doc["trace.id"], doc["span.id"] = ids[0], ids[1]
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
         doc["error.type"] = type(exc).__qualname__
         doc["error.message"] = str(exc)
         doc["error.stack_trace"] = "".join(traceback.format_exception(*record.exc_info))
-    extras = {k: v for k, v in vars(record).items() if k not in _RESERVED and k not in _OWN}
-    if extras:
+    attrs = vars(record)
+    if attrs.keys() - _NOT_EXTRA:
+        extras = {k: v for k, v in attrs.items() if k not in _NOT_EXTRA}
         labels: dict[str, Any] = {}
         dropped: list[str] = []
         for k, v in extras.items():
@@ -182,13 +217,19 @@ def log_record_document(record: logging.LogRecord, identity: Identity | None) ->
     return doc
 
 
+_NO_SPAN: Final = trace.INVALID_SPAN
+
+
 def capture_ids() -> TraceRef | None:
     """The current trace, captured cheaply (rpcscope's, or the active OTel span's), or None;
     formatted later, in the batch."""
     ids = CURRENT_IDS.get()
     if ids is not None:
         return ids
-    ctx = trace.get_current_span().get_span_context()
+    span = trace.get_current_span()
+    if span is _NO_SPAN:  # no active span: skip reading its (invalid) context
+        return None
+    ctx = span.get_span_context()
     return (ctx, None) if ctx.is_valid else None
 
 

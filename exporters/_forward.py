@@ -822,6 +822,15 @@ class ForwardSink(LogSink):
             return batch
 
     def _forget_segment(self, path: str, keep_file: bool = False) -> None:
+        """The file goes first: ``flush()`` returns once the segment is no longer tracked, and
+        a process that exits right after must not leave an acked segment to be replayed."""
+        try:
+            if keep_file:
+                os.rename(path, path + ".bad")
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
         with self._cond:
             if path in self._segment_bytes:
                 self._spill_bytes -= self._segment_bytes.pop(path)
@@ -829,16 +838,6 @@ class ForwardSink(LogSink):
                 self._segments.remove(path)
             self._own_segments.pop(path, None)
             self._cond.notify_all()
-        if keep_file:
-            try:
-                os.rename(path, path + ".bad")
-            except OSError:
-                pass
-        else:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
     def _adopt_orphans(self) -> None:
         """Spill segments of processes that are gone (a crash, SIGKILL) become ours: renamed

@@ -128,6 +128,27 @@ def test_logging_handler_carries_the_call_trace_ids(scope: rpcscope.Scope, sink:
     assert "trace.id" not in idle
 
 
+def test_logging_handler_filters_and_levels_still_apply(scope: rpcscope.Scope,
+                                                       sink: CaptureSink,
+                                                       app_logger: logging.Logger) -> None:
+    """The handler skips logging's handler lock, not its filters or level: a record a filter
+    rejects, or below the handler's level, is not shipped."""
+    app_logger.setLevel(logging.DEBUG)  # the handler's own level is what holds DEBUG back
+    handler = scope.logging_handler()
+    handler.setLevel(logging.INFO)
+    handler.addFilter(lambda record: "secret" not in record.getMessage())
+    app_logger.addHandler(handler)
+    app_logger.debug("too quiet")
+    app_logger.info("keep %d", 1)
+    app_logger.info("a secret %s", "x")
+    app_logger.warning("keep %d", 2)
+    scope.flush()
+    wait_until(lambda: len([d for d in sink.documents if d["log.logger"] == APP_LOGGER]) >= 2)
+    scope.flush()
+    messages = [d["message"] for d in sink.documents if d["log.logger"] == APP_LOGGER]
+    assert messages == ["keep 1", "keep 2"]
+
+
 def test_ecs_formatter_carries_the_call_trace_ids(scope: rpcscope.Scope,
                                                   app_logger: logging.Logger,
                                                   serve_sync: Callable[..., int],
