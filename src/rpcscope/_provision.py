@@ -86,8 +86,10 @@ class Item:
     #: the part of the GET response to compare with ``body`` (``None``: not there)
     current: Callable[[Any], Any]
     method: str = "PUT"
-    #: a body to compare instead of ``body`` (e.g. without a password)
-    compare: dict[str, Any] | None = None
+
+
+def _entry(name: str) -> Callable[[Any], Any]:
+    return lambda got: got[name]
 
 
 def elasticsearch_items(
@@ -119,7 +121,7 @@ def elasticsearch_items(
         for role in ROLES:
             items.append(Item("role", role, f"/_security/role/{role}",
                               f"/_security/role/{role}", bodies[f"role-{role}.json"],
-                              lambda got, role=role: got[role]))
+                              _entry(role)))
     return items
 
 
@@ -498,8 +500,7 @@ def run(args: argparse.Namespace, out: IO[str], err: IO[str],
                                                             roles=not args.no_roles),
                                     users, report)
         if args.kibana:
-            fallback = (credentials(env, "ELASTICSEARCH", args.username, args.password_file)
-                        if args.elasticsearch else None)
+            fallback = credentials(env, "ELASTICSEARCH", args.username, args.password_file)
             kb_creds = credentials(env, "KIBANA", args.kibana_username,
                                    args.kibana_password_file, fallback)
             kibana = Kibana(args.kibana, kb_creds, args.kibana_ca_cert or args.ca_cert)
