@@ -321,6 +321,15 @@ def test_wrong_credentials_get_a_clear_error(
     assert code == 2 and "Kibana" in err and "KIBANA_PASSWORD" in err
 
 
+def test_credentials_in_a_url_are_refused(
+        stack: tuple[State, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    state, es, _ = stack
+    url = es.replace("http://", f"http://{ADMIN[0]}:{ADMIN[1]}@")
+    code, _, err = _run(capsys, "--elasticsearch", url)
+    assert code == 2 and "process list" in err and ADMIN[1] not in err
+    assert state.calls == []
+
+
 def test_api_key_from_env_and_kibana_falls_back_to_it(
         stack: tuple[State, str, str], capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

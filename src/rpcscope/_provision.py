@@ -341,7 +341,11 @@ class Kibana:
         except (urllib.error.URLError, OSError) as error:
             raise ProvisionError(f"cannot reach Kibana at {self.url}: {error} (for a private "
                                  "CA, pass --ca-cert or --kibana-ca-cert)") from error
-        return json.loads(raw) if raw.strip() else None
+        try:
+            return json.loads(raw) if raw.strip() else None
+        except ValueError as error:
+            raise ProvisionError(f"{self.url}{path} did not answer with JSON; is {self.url} "
+                                 "Kibana (and not a proxy's page)?") from error
 
     def check(self) -> str:
         status = self.request("GET", "/api/status") or {}
@@ -415,11 +419,14 @@ def provision_elasticsearch(es: Elasticsearch, items: list[Item],
 def _authenticates(es: Elasticsearch, name: str, password: str) -> bool:
     """Whether the user's password already is ``password``: Elasticsearch never returns it."""
     client = es.client.options(basic_auth=(name, password))
+    errors = es._errors
     try:
         client.perform_request("GET", "/_security/_authenticate",
                                headers={"accept": "application/json"})
-    except es._errors.AuthenticationException:
+    except errors.AuthenticationException:
         return False
+    except (errors.ApiError, errors.TransportError) as error:
+        raise ProvisionError(f"cannot check user {name}'s password: {error}") from error
     return True
 
 
@@ -483,6 +490,15 @@ def run(args: argparse.Namespace, out: IO[str], err: IO[str],
             users[client] = _read_secret(path, f"{client} password")
         if users and args.no_roles:
             raise ProvisionError("--user needs the roles: drop --no-roles")
+        if users and not args.elasticsearch:
+            raise ProvisionError("--user needs --elasticsearch URL")
+        for flag, url in (("--elasticsearch", args.elasticsearch), ("--kibana", args.kibana)):
+            parts = urllib.parse.urlsplit(url or "")
+            if parts.username is not None or parts.password is not None:
+                raise ProvisionError(
+                    f"{flag}: the URL holds credentials, which every user of this machine can "
+                    "read in the process list; put them in ELASTICSEARCH_USERNAME/_PASSWORD "
+                    "(or KIBANA_*) or a --password-file instead")
         assets = load_assets()
         report = Report(out, args.dry_run)
         if args.elasticsearch:
