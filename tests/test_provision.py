@@ -43,6 +43,7 @@ class State:
     es_version: str = "8.15.0"
     kibana_version: str = "8.15.0"
     license_type: str = "basic"
+    license_status: str = "active"
     security: bool = True
     data_nodes: int = 1
     api_key: str | None = None
@@ -126,7 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
                                      "tagline": "You Know, for Search"})
         if path == "/_xpack":
             return self._reply(200, {
-                "license": {"type": s.license_type, "status": "active"},
+                "license": {"type": s.license_type, "status": s.license_status},
                 "features": {"security": {"available": True, "enabled": s.security}}})
         if path == "/_cluster/health":
             return self._reply(200, {"status": "green", "number_of_data_nodes": s.data_nodes})
@@ -387,6 +388,8 @@ def test_a_user_is_unchanged_only_while_its_password_still_works(
 @pytest.mark.parametrize(("change", "argv", "message"), [
     ({"es_version": "7.17.9"}, ["--elasticsearch"], "Elasticsearch 7.17.9 at"),
     ({"security": False}, ["--elasticsearch"], "--no-roles"),
+    ({"license_type": "platinum", "license_status": "expired"}, ["--elasticsearch"],
+     "platinum license is expired: renew it"),
     ({"kibana_version": "8.6.2"}, ["--kibana"], "Kibana 8.6.2 at"),
 ])
 def test_a_target_it_cannot_handle_gets_a_clear_error_and_no_write(
