@@ -47,6 +47,7 @@ class State:
     security: bool = True
     data_nodes: int = 1
     api_key: str | None = None
+    import_errors: list[dict[str, Any]] = field(default_factory=list)
     store: dict[str, Any] = field(default_factory=dict)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, auth
@@ -201,6 +202,9 @@ class _Handler(BaseHTTPRequestHandler):
             assert part.get_param("name", header="content-disposition") == "file"
             objects = [json.loads(line) for line in part.get_payload(decode=True).splitlines()
                        if line.strip()]
+            if s.import_errors:
+                return self._reply(200, {"success": False, "successCount": 0,
+                                         "errors": s.import_errors})
             for obj in objects:
                 s.store[(obj["type"], obj["id"])] = obj
             return self._reply(200, {"success": True, "successCount": len(objects)})
@@ -305,6 +309,18 @@ def test_dry_run_lists_the_changes_and_makes_none(
     assert "would create   Elasticsearch ILM policy rpcscope-logs" in out
     assert "would create   Kibana dashboard rpcscope-logs-overview" in out
     assert "dry run: 9 change(s) not made, 0 unchanged" in out
+
+
+@pytest.mark.usefixtures("admin_env")
+def test_a_failed_import_is_an_error_not_a_success(
+        stack: tuple[State, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    state, _, kb = stack
+    state.import_errors = [{"id": "rpcscope-errors", "type": "search",
+                            "error": {"type": "missing_references"}}]
+    code, out, err = _run(capsys, "--kibana", kb)
+    assert code == 2
+    assert "did not import" in err and "missing_references" in err
+    assert "created        Kibana search" not in out
 
 
 def test_wrong_credentials_get_a_clear_error(

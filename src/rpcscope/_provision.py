@@ -457,6 +457,7 @@ def provision_kibana(kibana: Kibana, objects: list[dict[str, Any]], report: Repo
     current = {(o.get("type"), o.get("id")): o for o in found.get("saved_objects", [])
                if "error" not in o}
     stale: list[dict[str, Any]] = []
+    pending: list[tuple[str, str]] = []  # reported once the import succeeded
     for obj in others:
         got = current.get((obj["type"], obj["id"]))
         what = f"Kibana {obj['type']} {obj['id']} ({obj['attributes'].get('title', '')})"
@@ -466,7 +467,7 @@ def provision_kibana(kibana: Kibana, objects: list[dict[str, Any]], report: Repo
             report.line("unchanged", what)
             continue
         stale.append(obj)
-        report.line("created" if got is None else "updated", what)
+        pending.append(("created" if got is None else "updated", what))
     if stale and not report.dry_run:
         body, content_type = _import_body(stale)
         result = kibana.request("POST", "/api/saved_objects/_import?overwrite=true", body,
@@ -474,6 +475,8 @@ def provision_kibana(kibana: Kibana, objects: list[dict[str, Any]], report: Repo
         if not result.get("success"):
             raise ProvisionError(f"Kibana did not import the saved objects: "
                                  f"{json.dumps(result.get('errors', result))[:500]}")
+    for verb, what in pending:
+        report.line(verb, what)
 
 
 def run(args: argparse.Namespace, out: IO[str], err: IO[str],
