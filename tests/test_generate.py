@@ -168,3 +168,18 @@ def test_alert_sources_and_hand_edits_of_their_outputs_are_caught(tree: Path) ->
     result = run(tree, "--check")
     assert result.returncode == 1
     assert f"changed  {CHART_FILES}/rules/generated-fluentd.yaml" in result.stdout
+
+
+def test_provision_copy_follows_the_charts_elasticsearch_bodies(tree: Path) -> None:
+    """`rpcscope provision` sends the package's copy: an edit of the chart's body is drift in
+    that copy until regenerated, and a hand edit of the copy fails the check."""
+    body = tree / CHART_FILES / "elasticsearch/role-rpcscope_monitor.json"
+    body.write_text(body.read_text().replace('"read_ilm"', '"read_ilm", "read_slm"'))
+    copy = tree / "src/rpcscope/_provision_data/assets.json"
+    result = run(tree, "--check")
+    assert result.returncode == 1
+    assert "changed  src/rpcscope/_provision_data/assets.json" in result.stdout
+    assert run(tree).returncode == 0
+    assert "read_slm" in copy.read_text()
+    copy.write_text(copy.read_text().replace("read_slm", "manage"))
+    assert "changed  src/rpcscope/_provision_data/assets.json" in run(tree, "--check").stdout

@@ -980,6 +980,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--report", metavar="FILE.json", help="also write the numbers as JSON")
     demo.add_argument("--no-progress", action="store_true", help="no progress indicator")
     demo.set_defaults(handler=_run_demo)
+    from rpcscope._provision import add_arguments as _provision_arguments
+
+    _provision_arguments(commands.add_parser(
+        "provision", help="set up Elasticsearch and Kibana for rpcscope outside Kubernetes"))
     return parser
 
 
