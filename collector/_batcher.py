@@ -86,10 +86,6 @@ class Batcher:
     def add_consumer(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
 
-    @property
-    def consumers(self) -> tuple[Consumer, ...]:
-        return tuple(self._consumers)
-
     # -- request path -----------------------------------------------------------------------
 
     def kick(self) -> None:

@@ -292,30 +292,9 @@ class Pipeline:
     # -- end --------------------------------------------------------------------------------
 
     def finish(self, record: CallRecord) -> None:
-        """Close a record and hand it to the batcher. Never raises.
-
-        :meth:`stop` then :meth:`submit`, written out for the common case (no span): the
-        request path's Python calls are what it costs most (docs/performance.md)."""
-        if record.otel_span is not None:
-            self.stop(record)
-            self.submit(record)
-            return
-        record.end_ns = perf_counter_ns()
-        token = record.ids_token
-        if token is not None:
-            try:
-                CURRENT_IDS.reset(token)
-            except ValueError:
-                pass  # reset from another context: see stop()
-        batcher = self.batcher
-        if batcher is not None:
-            try:
-                pending = batcher.pending
-                pending.append(record)
-                if batcher.thread is None or len(pending) > batcher.max_pending:
-                    batcher.kick()
-            except Exception:
-                self.errors.record("finish:batcher")
+        """Close a record and hand it to the batcher. Never raises."""
+        self.stop(record)
+        self.submit(record)
 
     def stop(self, record: CallRecord) -> None:
         """Time the record and leave its trace context, on the thread that ran the call."""

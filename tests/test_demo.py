@@ -260,22 +260,38 @@ class _Stream(io.StringIO):
         return self._tty
 
 
-def test_progress_rewrites_one_line_only_on_a_terminal() -> None:
+def test_live_view_redraws_in_place_only_on_a_terminal() -> None:
+    import argparse
+
+    from prometheus_client import CollectorRegistry
+
+    import rpcscope
+
+    scope = rpcscope.Scope(service="shop", access_log="off", registry=CollectorRegistry())
     tty, pipe = _Stream(tty=True), _Stream(tty=False)
-    for stream in (tty, pipe):
-        progress = _cli.Progress(stream, total=10.0, enabled=True, every=5.0)
-        for second in range(10):
-            progress.update(done=second * 10, failed=second, elapsed=float(second))
-        progress.finish(done=100, failed=10, elapsed=10.0)
-    # terminal: carriage returns, a single newline at the end
-    assert tty.getvalue().count("\r") == 11
-    assert tty.getvalue().count("\n") == 1
-    # pipe (CI logs): whole lines every 5 s plus the final one, never a carriage return
-    lines = pipe.getvalue().splitlines()
-    assert "\r" not in pipe.getvalue()
-    assert len(lines) == 3
-    assert lines[-1].startswith("demo [" + "#" * 24 + "]")
-    assert "100 calls" in lines[-1]
+    try:
+        for stream in (tty, pipe):
+            run = _cli.DemoRun(args=argparse.Namespace(duration=10.0), err=stream, scope=scope)
+            events: list[str] = []
+            view = _cli.LiveView(run, events, enabled=True, every=5.0)
+            for second in range(10):
+                if second == 3:
+                    events.append("3.0s  incident: GetProduct fails")
+                view.update(done=second * 10, failed=second, elapsed=float(second))
+            view.update(done=100, failed=10, elapsed=10.0, final=True)
+    finally:
+        scope.close()
+    block = 2 + len(METHODS)  # the head line, the column titles, a row per method
+    # terminal: the block is redrawn in place (cursor up), the event printed once above it
+    assert tty.getvalue().count("\x1b[%dA" % block) == 10
+    assert tty.getvalue().count("incident: GetProduct fails") == 1
+    # pipe (CI logs): a block every 5 s plus the final one, never a cursor movement
+    text = pipe.getvalue()
+    assert "\x1b[" not in text and "\r" not in text
+    heads = [line for line in text.splitlines() if line.startswith("demo [")]
+    assert len(heads) == 3
+    assert heads[-1].startswith("demo [" + "#" * 24 + "]") and "100 calls" in heads[-1]
+    assert text.count("incident: GetProduct fails") == 1
 
 
 # --- the latency estimate ------------------------------------------------------------------------

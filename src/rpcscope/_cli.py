@@ -127,53 +127,6 @@ def read_method_stats(
 # --- progress ------------------------------------------------------------------------------------
 
 
-class Progress:
-    """A progress indicator on stderr: one rewritten line on a terminal, plain lines otherwise.
-
-    Plain lines (one every ``every`` seconds) keep CI logs and pipes readable, where carriage
-    returns would pile up into one unreadable line.
-    """
-
-    def __init__(self, stream: IO[str], total: float, *, enabled: bool, every: float = 5.0) -> None:
-        self._stream = stream
-        self._total = total
-        self._enabled = enabled
-        self._tty = enabled and stream.isatty()
-        self._every = every
-        self._last_line = -math.inf
-
-    def update(self, done: int, failed: int, elapsed: float) -> None:
-        if not self._enabled:
-            return
-        if self._tty:
-            self._stream.write("\r" + self._line(done, failed, elapsed) + "\x1b[K")
-            self._stream.flush()
-        elif elapsed - self._last_line >= self._every:
-            self._last_line = elapsed
-            self._stream.write(self._line(done, failed, elapsed) + "\n")
-            self._stream.flush()
-
-    def finish(self, done: int, failed: int, elapsed: float) -> None:
-        if not self._enabled:
-            return
-        prefix = "\r" if self._tty else ""
-        self._stream.write(
-            prefix + self._line(done, failed, elapsed) + ("\x1b[K\n" if self._tty else "\n")
-        )
-        self._stream.flush()
-
-    def _line(self, done: int, failed: int, elapsed: float) -> str:
-        width = 24
-        filled = min(width, int(width * elapsed / self._total)) if self._total > 0 else width
-        bar = "#" * filled + "-" * (width - filled)
-        rate = done / elapsed if elapsed > 0 else 0.0
-        errors = 100.0 * failed / done if done else 0.0
-        return (
-            f"demo [{bar}] {min(elapsed, self._total):5.1f}/{self._total:.0f}s  "
-            f"{done} calls  {rate:.0f}/s  client-side errors {errors:.1f}%"
-        )
-
-
 # --- stages ------------------------------------------------------------------------------------
 
 
@@ -460,7 +413,7 @@ class AlertingStage:
             ]
 
     def stop(self, run: DemoRun) -> None:
-        import shutil as _shutil
+        import shutil
 
         for child in reversed(self._children):
             child.stop()
@@ -468,7 +421,7 @@ class AlertingStage:
         if run.webhook is not None:
             run.webhook.close()
         if run.workdir is not None and not run.args.keep_files:
-            _shutil.rmtree(run.workdir, ignore_errors=True)
+            shutil.rmtree(run.workdir, ignore_errors=True)
 
 
 def _stages(args: argparse.Namespace) -> list[Stage]:
