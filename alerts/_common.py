@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 from dashboards import kibana_logs, runbooks
+from rpcscope import schema
 
 CRITICAL: Final = "critical"
 WARNING: Final = "warning"
@@ -34,10 +35,10 @@ LINK_BASES: Final[Mapping[str, str]] = {
     LOGS_KEY: "kibanaUrl",
 }
 
-#: ECS / OpenTelemetry fields of rpcscope's access log (rpcscope.schema.ACCESS_LOG_FIELDS).
-LOG_SERVICE_FIELD: Final = "rpc.service"
-LOG_CODE_FIELD: Final = "grpc.code"
-LOG_DURATION_FIELD: Final = "event.duration"
+#: ECS / OpenTelemetry fields of rpcscope's access log the Kibana links filter on.
+LOG_SERVICE_FIELD: Final = schema.FIELD_SERVICE
+LOG_CODE_FIELD: Final = schema.FIELD_CODE
+LOG_DURATION_FIELD: Final = schema.FIELD_DURATION
 #: The Kibana data view the chart provisions (dashboards/kibana_logs.py).
 DATA_VIEW_ID: Final = kibana_logs.DATA_VIEW_ID
 

@@ -155,6 +155,10 @@ ECS_VERSION: Final = "8.11.0"
 ACCESS_LOGGER: Final = "rpcscope.access"
 #: Which side of the call logged it: ``server`` or ``client``.
 FIELD_SIDE: Final = "grpc.component"
+#: The access log's fields that alert links and dashboards filter on.
+FIELD_SERVICE: Final = "rpc.service"
+FIELD_CODE: Final = "grpc.code"
+FIELD_DURATION: Final = "event.duration"
 #: The path a caller sent for a method the server does not implement (metrics count it under
 #: ``unknown``; the log keeps it, truncated to UNKNOWN_PATH_MAX characters, so a typo in a
 #: client is findable).
@@ -172,14 +176,14 @@ ACCESS_LOG_FIELDS: Final = (
     "service.environment",
     "event.kind",
     "event.outcome",
-    "event.duration",
+    FIELD_DURATION,
     "rpc.system",
-    "rpc.service",
+    FIELD_SERVICE,
     "rpc.method",
     "rpc.grpc.status_code",
-    "grpc.code",
+    FIELD_CODE,
     "grpc.type",
-    "grpc.component",
+    FIELD_SIDE,
     "client.address",
     "trace.id",
     "span.id",
